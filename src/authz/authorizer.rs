@@ -1,0 +1,384 @@
+//! [`Authorizer::check`]: credential → cached session → route policy → token → decision.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::deny::DenyShaper;
+use super::{Allow, Decision, Deny, Reason, Request, RouteSettings};
+use crate::config::{ClientMaxAge, Config, LogoutConfig, LogoutScope};
+use crate::credentials::{CookieRewrite, Credential, CredentialError, Extractor};
+use crate::session::cache::{Freshness, SessionCache};
+use crate::session::{LookupContext, Outcome, Session, UpstreamError};
+use crate::telemetry::{Metrics, ResultLabel};
+use crate::token::Minter;
+
+/// The decision engine.
+pub struct Authorizer {
+    extractor: Extractor,
+    cache: Arc<SessionCache>,
+    minter: Arc<Minter>,
+    metrics: Arc<Metrics>,
+    shaper: DenyShaper,
+    token_header: Arc<str>,
+    /// Identity header names: set from the session or removed, never passed from the client.
+    identity_headers: Vec<Arc<str>>,
+    /// Removed on every allowed request.
+    always_remove: Vec<Arc<str>>,
+    strip_session_cookie: bool,
+    client_max_age: ClientMaxAge,
+    logout: LogoutConfig,
+}
+
+/// What a check learned besides the decision (for logout awareness).
+#[derive(Default)]
+struct Seen {
+    credential: Option<Credential>,
+    session: Option<Arc<Session>>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// Wires the engine from its parts.
+    pub fn new(
+        config: &Config,
+        cache: Arc<SessionCache>,
+        minter: Arc<Minter>,
+        metrics: Arc<Metrics>,
+    ) -> Authorizer {
+        let identity_headers: Vec<Arc<str>> = config
+            .upstream
+            .identity_headers
+            .keys()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
+        let mut always_remove: Vec<Arc<str>> = config
+            .upstream
+            .remove_headers
+            .iter()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
+        if config.upstream.strip_session_token {
+            always_remove.push("x-session-token".into());
+        }
+        Authorizer {
+            extractor: Extractor::new(&config.credentials),
+            cache,
+            minter,
+            metrics,
+            shaper: DenyShaper {
+                login_url: config.deny.login_url.clone(),
+                return_to_param: config.deny.return_to_param.clone(),
+                kratos_browser_url: config.kratos_browser_url().to_owned(),
+                www_authenticate: format!(
+                    "Bearer realm=\"{}\"",
+                    config.deny.realm.replace('"', "")
+                ),
+            },
+            token_header: config.upstream.token_header.as_str().into(),
+            identity_headers,
+            always_remove,
+            strip_session_cookie: config.upstream.strip_session_cookie,
+            client_max_age: config.cache.client_max_age,
+            logout: config.logout.clone(),
+        }
+    }
+
+    /// The session cache (for invalidation and stats).
+    pub fn cache(&self) -> &Arc<SessionCache> {
+        &self.cache
+    }
+
+    /// The minter (for the JWKS endpoint and key rotation).
+    pub fn minter(&self) -> &Arc<Minter> {
+        &self.minter
+    }
+
+    /// The denial for a request the proxy could not describe (counted like any decision).
+    pub fn bad_request(&self, message: &str) -> Decision {
+        let deny = self.shaper.bad_request(message);
+        self.metrics.decision("deny", deny.reason.as_str());
+        Decision::Deny(deny)
+    }
+
+    /// Decides one request.
+    pub async fn check(&self, req: &Request) -> Decision {
+        let start = Instant::now();
+        let mut seen = Seen::default();
+        let decision = self.decide(req, &mut seen).await;
+        if self.logout.enabled {
+            self.watch_logout(req, seen);
+        }
+        let (kind, status) = match &decision {
+            Decision::Allow(_) => ("allow", 200),
+            Decision::Deny(d) => ("deny", d.status),
+        };
+        let reason = decision.reason().as_str();
+        self.metrics.decision(kind, reason);
+        self.metrics
+            .check_duration
+            .get_or_create(&ResultLabel { result: kind })
+            .observe(start.elapsed().as_secs_f64());
+        tracing::debug!(
+            decision = kind,
+            reason,
+            status,
+            method = %req.method,
+            host = %req.host,
+            // The query may carry secrets of other systems: log the path only.
+            path = %req.path.split('?').next().unwrap_or(""),
+            "decision"
+        );
+        decision
+    }
+
+    async fn decide(&self, req: &Request, seen: &mut Seen) -> Decision {
+        let route = match &req.route {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "route settings from the proxy are invalid; denying");
+                return Decision::Deny(
+                    self.shaper
+                        .internal(Reason::BadRouteSettings, "this route is misconfigured"),
+                );
+            }
+        };
+        let credential = match self.extractor.extract(&req.headers) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match e {
+                    CredentialError::Missing => Reason::NoCredential,
+                    CredentialError::TooLong => Reason::CredentialTooLong,
+                    CredentialError::Malformed => Reason::CredentialMalformed,
+                };
+                return self.anonymous_or(req, route, || self.shaper.unauthenticated(req, reason));
+            }
+        };
+        // Passed on to Kratos only when short and printable: a client controls these headers.
+        let propagate = |name: &str, max: usize| {
+            req.headers
+                .get(name)
+                .filter(|v| v.len() <= max && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+                .map(str::to_owned)
+        };
+        let cx = LookupContext {
+            request_id: propagate("x-request-id", 128),
+            traceparent: propagate("traceparent", 64),
+            tracestate: propagate("tracestate", 512),
+        };
+        let honour = match self.client_max_age {
+            ClientMaxAge::Never => false,
+            ClientMaxAge::Always => true,
+            ClientMaxAge::Route => route.client_max_age,
+        };
+        let freshness = Freshness {
+            max_age: if honour {
+                super::client_max_age(&req.headers)
+            } else {
+                None
+            },
+        };
+        let result = self.cache.lookup(&credential, &cx, freshness).await;
+        seen.credential = Some(credential);
+        match result {
+            Ok(Outcome::Active(session)) => {
+                seen.session = Some(session.clone());
+                if let Some(required) = route.aal
+                    && session.aal < required
+                {
+                    if route.anonymous {
+                        return self.allow_anonymous(req);
+                    }
+                    return Decision::Deny(self.shaper.step_up(req, None));
+                }
+                self.allow_session(req, route, &session)
+            }
+            Ok(Outcome::Unauthenticated) => self.anonymous_or(req, route, || {
+                self.shaper.unauthenticated(req, Reason::InvalidSession)
+            }),
+            Ok(Outcome::StepUpRequired {
+                redirect_browser_to,
+            }) => self.anonymous_or(req, route, || {
+                self.shaper.step_up(req, redirect_browser_to.as_deref())
+            }),
+            Err(UpstreamError::RateLimited { retry_after }) => {
+                self.anonymous_or(req, route, || {
+                    self.shaper.rate_limited(retry_after.as_deref())
+                })
+            }
+            Err(UpstreamError::Unavailable(_)) => self.anonymous_or(req, route, || {
+                self.shaper.unavailable(Reason::UpstreamUnavailable)
+            }),
+            Err(UpstreamError::Overloaded) => {
+                self.anonymous_or(req, route, || self.shaper.unavailable(Reason::Overloaded))
+            }
+        }
+    }
+
+    /// A checked request that ends sessions (a Kratos logout passing through the gate) drops the
+    /// matching cache entries now and again after the grace period, since Kratos processes the
+    /// logout only after our answer.
+    fn watch_logout(&self, req: &Request, seen: Seen) {
+        let path = req.path.split('?').next().unwrap_or("");
+        let Some((scope, path_session)) = match_logout(&self.logout, &req.method, path) else {
+            return;
+        };
+        if seen.credential.is_none() && path_session.is_none() {
+            return;
+        }
+        let cache = self.cache.clone();
+        let grace = self.logout.grace;
+        let identity = (scope == LogoutScope::Identity)
+            .then(|| seen.session.as_ref().map(|s| s.identity_id.clone()))
+            .flatten();
+        tracing::debug!(?scope, "logout passing through: dropping cached sessions");
+        tokio::spawn(async move {
+            for round in 0..2 {
+                if round == 1 {
+                    tokio::time::sleep(grace).await;
+                }
+                if let Some(c) = &seen.credential {
+                    cache.invalidate_credential(c).await;
+                }
+                if let Some(s) = &seen.session
+                    && scope == LogoutScope::Session
+                    && path_session.is_none()
+                {
+                    cache.invalidate_session(&s.id).await;
+                }
+                if let Some(id) = &path_session {
+                    cache.invalidate_session(id).await;
+                }
+                if let Some(id) = &identity {
+                    cache.invalidate_identity(id).await;
+                }
+            }
+        });
+    }
+
+    fn anonymous_or(
+        &self,
+        req: &Request,
+        route: &RouteSettings,
+        deny: impl FnOnce() -> Deny,
+    ) -> Decision {
+        if route.anonymous {
+            self.allow_anonymous(req)
+        } else {
+            Decision::Deny(deny())
+        }
+    }
+
+    /// Header removals common to every allow: spoofable identity headers, configured headers,
+    /// the session token header and the session cookie.
+    fn base_allow(&self, req: &Request, reason: Reason) -> Allow {
+        let mut allow = Allow {
+            set: Vec::with_capacity(2 + self.identity_headers.len()),
+            remove: self.always_remove.clone(),
+            reason,
+        };
+        if self.strip_session_cookie {
+            match self.extractor.strip_session_cookies(&req.headers) {
+                CookieRewrite::Unchanged => {}
+                CookieRewrite::Remove => allow.remove.push("cookie".into()),
+                CookieRewrite::Replace(v) => allow.set.push(("cookie".into(), v.into())),
+            }
+        }
+        allow
+    }
+
+    fn allow_anonymous(&self, req: &Request) -> Decision {
+        let mut allow = self.base_allow(req, Reason::Anonymous);
+        allow.remove.push(self.token_header.clone());
+        allow.remove.extend(self.identity_headers.iter().cloned());
+        Decision::Allow(allow)
+    }
+
+    fn allow_session(&self, req: &Request, route: &RouteSettings, session: &Session) -> Decision {
+        let token = match self.minter.header_value(session, route.audience.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint token; denying");
+                return Decision::Deny(
+                    self.shaper
+                        .internal(Reason::Internal, "the upstream token could not be issued"),
+                );
+            }
+        };
+        let mut allow = self.base_allow(req, Reason::Authenticated);
+        allow.set.push((self.token_header.clone(), token));
+        for name in &self.identity_headers {
+            match session.identity_headers.iter().find(|(n, _)| n == name) {
+                Some((_, v)) => allow.set.push((name.clone(), Arc::from(&**v))),
+                None => allow.remove.push(name.clone()),
+            }
+        }
+        Decision::Allow(allow)
+    }
+}
+
+/// Matches a request against the logout patterns: the scope, and the session id from a
+/// `/{id}` segment.
+fn match_logout(
+    config: &LogoutConfig,
+    method: &str,
+    path: &str,
+) -> Option<(LogoutScope, Option<String>)> {
+    let path = path.trim_end_matches('/');
+    for p in &config.patterns {
+        if p.method != "*" && !p.method.eq_ignore_ascii_case(method) {
+            continue;
+        }
+        if let Some(prefix) = p.path.strip_suffix("/{id}") {
+            if let Some(id) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+                && !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Some((p.scope, Some(id.to_owned())));
+            }
+        } else if path == p.path.trim_end_matches('/') {
+            return Some((p.scope, None));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logout_patterns() {
+        let c = LogoutConfig::default();
+        assert_eq!(
+            match_logout(&c, "GET", "/self-service/logout"),
+            Some((LogoutScope::Session, None))
+        );
+        assert_eq!(
+            match_logout(&c, "DELETE", "/self-service/logout/api/"),
+            Some((LogoutScope::Session, None))
+        );
+        assert_eq!(
+            match_logout(&c, "DELETE", "/sessions"),
+            Some((LogoutScope::Identity, None))
+        );
+        assert_eq!(
+            match_logout(&c, "DELETE", "/sessions/8f1c-aa"),
+            Some((LogoutScope::Session, Some("8f1c-aa".into())))
+        );
+        assert_eq!(match_logout(&c, "GET", "/sessions/8f1c"), None);
+        assert_eq!(match_logout(&c, "DELETE", "/sessions/a/b"), None);
+        assert_eq!(
+            match_logout(&c, "GET", "/self-service/logout/browser"),
+            None
+        );
+        assert_eq!(match_logout(&c, "POST", "/orders"), None);
+    }
+}

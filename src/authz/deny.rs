@@ -1,0 +1,322 @@
+//! Shaping denials: 401 JSON with `WWW-Authenticate` or a 303 to the login page for browsers,
+//! 403 / step-up redirect, 429 with `Retry-After`, 503. Bodies never echo request data.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::{Deny, Reason, Request};
+
+/// Characters escaped in a query parameter value.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Longest original URL put into a `return_to`; longer ones are cut to scheme + host + path.
+const MAX_RETURN_TO: usize = 2048;
+
+/// Shapes denials from configuration.
+#[derive(Debug, Clone)]
+pub(super) struct DenyShaper {
+    pub login_url: Option<String>,
+    pub return_to_param: String,
+    pub kratos_browser_url: String,
+    pub www_authenticate: String,
+}
+
+/// Does the client prefer HTML over JSON (a browser navigation)?
+pub(super) fn prefers_html(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut html = None::<f32>;
+    let mut json = None::<f32>;
+    for range in accept.split(',').take(32) {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "text/html" | "application/xhtml+xml" => html = Some(html.unwrap_or(0.0).max(q)),
+            "application/json" => json = Some(json.unwrap_or(0.0).max(q)),
+            _ => {}
+        }
+    }
+    match (html, json) {
+        (Some(h), Some(j)) => h > 0.0 && h >= j,
+        (Some(h), None) => h > 0.0,
+        _ => false,
+    }
+}
+
+fn json_body(
+    status: u16,
+    status_text: &str,
+    id: &str,
+    message: &str,
+    extra: Option<(&str, &str)>,
+) -> String {
+    let mut error = serde_json::json!({
+        "code": status,
+        "status": status_text,
+        "id": id,
+        "message": message,
+    });
+    let mut body = serde_json::json!({ "error": error.take() });
+    if let Some((k, v)) = extra {
+        body[k] = serde_json::Value::from(v);
+    }
+    body.to_string()
+}
+
+fn json_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("cache-control", "no-store".into()),
+    ]
+}
+
+impl DenyShaper {
+    /// The original URL as the client saw it, for `return_to`.
+    fn original_url(req: &Request) -> Option<String> {
+        let scheme = match req.scheme.as_str() {
+            "http" | "https" => req.scheme.as_str(),
+            _ => "https",
+        };
+        if req.host.is_empty() || !req.host.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        let path = if req.path.starts_with('/') {
+            req.path.as_str()
+        } else {
+            "/"
+        };
+        let url = format!("{scheme}://{}{path}", req.host);
+        if url.len() <= MAX_RETURN_TO {
+            return Some(url);
+        }
+        let path = path.split('?').next().unwrap_or("/");
+        let url = format!("{scheme}://{}{path}", req.host);
+        (url.len() <= MAX_RETURN_TO).then_some(url)
+    }
+
+    fn with_return_to(&self, base: &str, req: &Request) -> String {
+        match Self::original_url(req) {
+            Some(orig) => {
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!(
+                    "{base}{sep}{}={}",
+                    self.return_to_param,
+                    utf8_percent_encode(&orig, QUERY)
+                )
+            }
+            None => base.to_owned(),
+        }
+    }
+
+    fn redirect(location: String, reason: Reason) -> Deny {
+        Deny {
+            status: 303,
+            headers: vec![("location", location), ("cache-control", "no-store".into())],
+            body: String::new(),
+            reason,
+        }
+    }
+
+    /// No valid session.
+    pub fn unauthenticated(&self, req: &Request, reason: Reason) -> Deny {
+        if let Some(login) = &self.login_url
+            && prefers_html(req.headers.get("accept"))
+        {
+            return Self::redirect(self.with_return_to(login, req), reason);
+        }
+        let message = match reason {
+            Reason::NoCredential => "no session credential was sent",
+            Reason::CredentialTooLong => "the session credential is too long",
+            Reason::CredentialMalformed => "the session credential is malformed",
+            _ => "no valid session",
+        };
+        let mut headers = json_headers();
+        headers.push(("www-authenticate", self.www_authenticate.clone()));
+        Deny {
+            status: 401,
+            headers,
+            body: json_body(401, "Unauthorized", "session_inactive", message, None),
+            reason,
+        }
+    }
+
+    /// The session's AAL is too low.
+    pub fn step_up(&self, req: &Request, redirect_browser_to: Option<&str>) -> Deny {
+        let target = match redirect_browser_to {
+            Some(r) => r.to_owned(),
+            None => self.with_return_to(
+                &format!(
+                    "{}/self-service/login/browser?aal=aal2",
+                    self.kratos_browser_url.trim_end_matches('/')
+                ),
+                req,
+            ),
+        };
+        if prefers_html(req.headers.get("accept")) {
+            return Self::redirect(target, Reason::StepUpRequired);
+        }
+        Deny {
+            status: 403,
+            headers: json_headers(),
+            body: json_body(
+                403,
+                "Forbidden",
+                "session_aal2_required",
+                "a higher authenticator assurance level is required",
+                Some(("redirect_browser_to", &target)),
+            ),
+            reason: Reason::StepUpRequired,
+        }
+    }
+
+    /// Kratos rate limited us.
+    pub fn rate_limited(&self, retry_after: Option<&str>) -> Deny {
+        let mut headers = json_headers();
+        headers.push(("retry-after", retry_after.unwrap_or("1").to_owned()));
+        Deny {
+            status: 429,
+            headers,
+            body: json_body(
+                429,
+                "Too Many Requests",
+                "rate_limited",
+                "the session service is rate limiting",
+                None,
+            ),
+            reason: Reason::RateLimited,
+        }
+    }
+
+    /// Kratos unavailable, or our concurrency limit full.
+    pub fn unavailable(&self, reason: Reason) -> Deny {
+        let mut headers = json_headers();
+        headers.push(("retry-after", "1".into()));
+        Deny {
+            status: 503,
+            headers,
+            body: json_body(
+                503,
+                "Service Unavailable",
+                "session_service_unavailable",
+                "the session could not be verified right now",
+                None,
+            ),
+            reason,
+        }
+    }
+
+    /// A request that cannot be evaluated.
+    pub fn bad_request(&self, message: &str) -> Deny {
+        Deny {
+            status: 400,
+            headers: json_headers(),
+            body: json_body(400, "Bad Request", "bad_request", message, None),
+            reason: Reason::BadRequest,
+        }
+    }
+
+    /// Bad route settings or request: an operator problem, fail closed.
+    pub fn internal(&self, reason: Reason, message: &str) -> Deny {
+        Deny {
+            status: 500,
+            headers: json_headers(),
+            body: json_body(500, "Internal Server Error", reason.as_str(), message, None),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::{Headers, RouteSettings};
+
+    fn req(accept: Option<&str>) -> Request {
+        let mut headers = Headers::default();
+        if let Some(a) = accept {
+            headers.append("accept", a);
+        }
+        Request {
+            method: "GET".into(),
+            scheme: "https".into(),
+            host: "app.example.com".into(),
+            path: "/orders?id=1&x=y".into(),
+            headers,
+            route: Ok(RouteSettings::default()),
+        }
+    }
+
+    fn shaper() -> DenyShaper {
+        DenyShaper {
+            login_url: Some("https://login.example.com/ui/login?flow=x".into()),
+            return_to_param: "return_to".into(),
+            kratos_browser_url: "https://kratos.example.com/".into(),
+            www_authenticate: "Bearer realm=\"sessiongate\"".into(),
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(prefers_html(Some(
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        )));
+        assert!(!prefers_html(Some("application/json")));
+        assert!(!prefers_html(Some("application/json, text/html;q=0.5")));
+        assert!(!prefers_html(Some("text/html;q=0")));
+        assert!(!prefers_html(None));
+        assert!(!prefers_html(Some(";;;,,q=abc")));
+    }
+
+    #[test]
+    fn browser_gets_redirect_with_return_to() {
+        let d = shaper().unauthenticated(&req(Some("text/html")), Reason::NoCredential);
+        assert_eq!(d.status, 303);
+        let loc = &d.headers.iter().find(|(k, _)| *k == "location").unwrap().1;
+        assert_eq!(
+            loc,
+            "https://login.example.com/ui/login?flow=x&return_to=https%3A%2F%2Fapp.example.com%2Forders%3Fid%3D1%26x%3Dy"
+        );
+    }
+
+    #[test]
+    fn api_gets_json_401() {
+        let d = shaper().unauthenticated(&req(Some("application/json")), Reason::InvalidSession);
+        assert_eq!(d.status, 401);
+        let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["error"]["code"], 401);
+        assert!(d.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    }
+
+    #[test]
+    fn step_up_uses_kratos_redirect_or_builds_one() {
+        let d = shaper().step_up(
+            &req(None),
+            Some("https://kratos.example.com/self-service/login/browser?aal=aal2"),
+        );
+        assert_eq!(d.status, 403);
+        assert!(d.body.contains("session_aal2_required"));
+        let d = shaper().step_up(&req(Some("text/html")), None);
+        assert_eq!(d.status, 303);
+        let loc = &d.headers[0].1;
+        assert!(
+            loc.starts_with(
+                "https://kratos.example.com/self-service/login/browser?aal=aal2&return_to=https%3A"
+            ),
+            "{loc}"
+        );
+    }
+
+    #[test]
+    fn hostile_host_gets_no_return_to() {
+        let mut r = req(Some("text/html"));
+        r.host = "evil\r\nx".into();
+        let d = shaper().unauthenticated(&r, Reason::NoCredential);
+        assert_eq!(d.headers[0].1, "https://login.example.com/ui/login?flow=x");
+    }
+}

@@ -1,0 +1,341 @@
+//! Finding the session credential in request headers: RFC 6265 cookie parsing (tolerant of `;`
+//! and `,` separators and stray whitespace), `X-Session-Token`, `Authorization: Bearer`, size
+//! bounds, and rewriting the `Cookie` header without the session cookie.
+
+use std::fmt;
+
+use crate::authz::Headers;
+use crate::config::CredentialsConfig;
+
+/// Where a credential was found; decides how it is presented to Kratos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// A session cookie.
+    Cookie,
+    /// The `X-Session-Token` header.
+    SessionToken,
+    /// `Authorization: Bearer`.
+    Bearer,
+}
+
+impl CredentialKind {
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Cookie => "cookie",
+            CredentialKind::SessionToken => "session_token",
+            CredentialKind::Bearer => "bearer",
+        }
+    }
+}
+
+/// A session credential. `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Where it came from.
+    pub kind: CredentialKind,
+    /// The cookie name, for cookies (sent back to Kratos under the same name).
+    pub cookie_name: Option<String>,
+    /// The secret value.
+    value: String,
+}
+
+impl Credential {
+    /// A new credential.
+    pub fn new(kind: CredentialKind, cookie_name: Option<String>, value: String) -> Self {
+        Credential {
+            kind,
+            cookie_name,
+            value,
+        }
+    }
+
+    /// The secret value. Call sites that use it are few and reviewed: the whoami request and the
+    /// keyed cache-key hash.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("kind", &self.kind)
+            .field("cookie_name", &self.cookie_name)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why no credential could be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    /// Nothing that looks like a session credential.
+    Missing,
+    /// A credential longer than `credentials.max_length`.
+    TooLong,
+    /// A credential with characters no Kratos credential has (control characters, spaces).
+    Malformed,
+}
+
+/// Finds session credentials according to configuration.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    cookie_names: Vec<String>,
+    cookie_prefixes: Vec<String>,
+    session_token_header: bool,
+    bearer: bool,
+    max_length: usize,
+}
+
+impl Extractor {
+    /// Builds an extractor from configuration.
+    pub fn new(config: &CredentialsConfig) -> Self {
+        Extractor {
+            cookie_names: config.cookie_names.clone(),
+            cookie_prefixes: config.cookie_prefixes.clone(),
+            session_token_header: config.session_token_header,
+            bearer: config.bearer,
+            max_length: config.max_length,
+        }
+    }
+
+    /// Is this cookie name a session cookie?
+    pub fn is_session_cookie(&self, name: &str) -> bool {
+        self.cookie_names.iter().any(|n| n == name)
+            || self
+                .cookie_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// Finds the credential, in Kratos' own order: `X-Session-Token`, then `Authorization: Bearer`,
+    /// then the session cookie.
+    pub fn extract(&self, headers: &Headers) -> Result<Credential, CredentialError> {
+        if self.session_token_header
+            && let Some(v) = headers.get("x-session-token")
+        {
+            // Duplicate headers arrive joined with ','; a token has no ',' so the first wins.
+            let v = v.split(',').next().unwrap_or("").trim();
+            if !v.is_empty() {
+                return self.check(CredentialKind::SessionToken, None, v);
+            }
+        }
+        if self.bearer
+            && let Some(v) = headers.get("authorization")
+            && let Some(token) = bearer_token(v)
+            // A JWT (ours, replayed, or another issuer's) is never a Kratos session token: do not
+            // spend a whoami call on it.
+            && token.bytes().filter(|&b| b == b'.').count() != 2
+        {
+            return self.check(CredentialKind::Bearer, None, token);
+        }
+        if !self.cookie_names.is_empty() || !self.cookie_prefixes.is_empty() {
+            for header in headers.get_all("cookie") {
+                for (name, value) in parse_cookies(header) {
+                    if self.is_session_cookie(name) && !value.is_empty() {
+                        return self.check(CredentialKind::Cookie, Some(name.to_owned()), value);
+                    }
+                }
+            }
+        }
+        Err(CredentialError::Missing)
+    }
+
+    fn check(
+        &self,
+        kind: CredentialKind,
+        cookie_name: Option<String>,
+        value: &str,
+    ) -> Result<Credential, CredentialError> {
+        if value.len() > self.max_length {
+            return Err(CredentialError::TooLong);
+        }
+        if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(CredentialError::Malformed);
+        }
+        Ok(Credential::new(kind, cookie_name, value.to_owned()))
+    }
+
+    /// The `Cookie` header without session cookies: `None` when nothing else is left, or when
+    /// there was no session cookie at all (`Some(unchanged)` is never returned, to spare a mutation).
+    pub fn strip_session_cookies(&self, headers: &Headers) -> CookieRewrite {
+        let mut kept: Vec<&str> = Vec::new();
+        let mut removed = false;
+        for header in headers.get_all("cookie") {
+            for pair in split_cookie_pairs(header) {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+                if self.is_session_cookie(name) {
+                    removed = true;
+                } else {
+                    kept.push(pair);
+                }
+            }
+        }
+        match (removed, kept.is_empty()) {
+            (false, _) => CookieRewrite::Unchanged,
+            (true, true) => CookieRewrite::Remove,
+            (true, false) => CookieRewrite::Replace(kept.join("; ")),
+        }
+    }
+}
+
+/// What to do with the upstream `Cookie` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieRewrite {
+    /// No session cookie was present.
+    Unchanged,
+    /// Only session cookies were present: remove the header.
+    Remove,
+    /// Set the header to this value (the other cookies, joined by `; `).
+    Replace(String),
+}
+
+/// `Bearer <token>` → token (scheme case-insensitive, RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Splits a `Cookie` header into `name=value` pairs. Accepts `;` (RFC 6265) and `,` (how Envoy
+/// joins duplicate headers) as separators and ignores empty pieces and surrounding whitespace.
+fn split_cookie_pairs(header: &str) -> impl Iterator<Item = &str> {
+    header
+        .split([';', ','])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// Parses a `Cookie` header into `(name, value)` pairs. Pieces without `=` or with an invalid
+/// name are skipped; a value in double quotes is unquoted (RFC 6265 §4.1.1).
+pub fn parse_cookies(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    split_cookie_pairs(header).filter_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        let name = name.trim();
+        if !crate::config::is_cookie_name(name) {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        Some((name, value))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CredentialsConfig;
+
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::default();
+        for (k, v) in pairs {
+            h.append(k, v);
+        }
+        h
+    }
+
+    fn extractor() -> Extractor {
+        Extractor::new(&CredentialsConfig {
+            cookie_prefixes: vec!["ory_session_".into()],
+            ..CredentialsConfig::default()
+        })
+    }
+
+    #[test]
+    fn parses_cookie_separators_and_whitespace() {
+        let got: Vec<_> = parse_cookies(" a=1;b=2 ,  c=\"3\";;  ; d=; bad name=x; =v; e").collect();
+        assert_eq!(got, vec![("a", "1"), ("b", "2"), ("c", "3"), ("d", "")]);
+    }
+
+    #[test]
+    fn finds_session_cookie_among_others_and_across_headers() {
+        let h = headers(&[
+            ("cookie", "theme=dark"),
+            ("cookie", "csrf=x; ory_kratos_session=abc123"),
+        ]);
+        let c = extractor().extract(&h).unwrap();
+        assert_eq!(c.kind, CredentialKind::Cookie);
+        assert_eq!(c.cookie_name.as_deref(), Some("ory_kratos_session"));
+        assert_eq!(c.expose(), "abc123");
+    }
+
+    #[test]
+    fn finds_prefixed_cookie() {
+        let h = headers(&[("cookie", "ory_session_myproject=v1")]);
+        let c = extractor().extract(&h).unwrap();
+        assert_eq!(c.cookie_name.as_deref(), Some("ory_session_myproject"));
+    }
+
+    #[test]
+    fn token_header_wins_over_bearer_and_cookie() {
+        let h = headers(&[
+            ("cookie", "ory_kratos_session=c"),
+            ("authorization", "Bearer b"),
+            ("x-session-token", "t"),
+        ]);
+        let c = extractor().extract(&h).unwrap();
+        assert_eq!((c.kind, c.expose()), (CredentialKind::SessionToken, "t"));
+        let h = headers(&[
+            ("cookie", "ory_kratos_session=c"),
+            ("authorization", "bearer  b "),
+        ]);
+        let c = extractor().extract(&h).unwrap();
+        assert_eq!((c.kind, c.expose()), (CredentialKind::Bearer, "b"));
+    }
+
+    #[test]
+    fn jwt_bearer_is_not_a_session_token() {
+        let h = headers(&[("authorization", "Bearer aaa.bbb.ccc")]);
+        assert_eq!(extractor().extract(&h), Err(CredentialError::Missing));
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(extractor().extract(&h), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn sources_can_be_switched_off() {
+        let e = Extractor::new(&CredentialsConfig {
+            session_token_header: false,
+            bearer: false,
+            ..CredentialsConfig::default()
+        });
+        let h = headers(&[("x-session-token", "t"), ("authorization", "Bearer b")]);
+        assert_eq!(e.extract(&h), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn too_long_and_malformed_are_refused() {
+        let long = "x".repeat(5000);
+        let h = headers(&[("x-session-token", long.as_str())]);
+        assert_eq!(extractor().extract(&h), Err(CredentialError::TooLong));
+        let h = headers(&[("x-session-token", "a\u{7}b")]);
+        assert_eq!(extractor().extract(&h), Err(CredentialError::Malformed));
+    }
+
+    #[test]
+    fn debug_redacts_value() {
+        let c = Credential::new(CredentialKind::Cookie, Some("n".into()), "secret-v".into());
+        assert!(!format!("{c:?}").contains("secret-v"));
+    }
+
+    #[test]
+    fn strips_only_session_cookies() {
+        let e = extractor();
+        let h = headers(&[("cookie", "a=1; ory_kratos_session=s"), ("cookie", "b=2")]);
+        assert_eq!(
+            e.strip_session_cookies(&h),
+            CookieRewrite::Replace("a=1; b=2".into())
+        );
+        let h = headers(&[("cookie", "ory_kratos_session=s")]);
+        assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Remove);
+        let h = headers(&[("cookie", "a=1")]);
+        assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Unchanged);
+    }
+}

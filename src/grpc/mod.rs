@@ -1,0 +1,287 @@
+//! gRPC transport: Envoy's `envoy.service.auth.v3.Authorization/Check` mapped onto
+//! [`Authorizer`]. This module translates `CheckRequest` → [`Request`] and [`Decision`] →
+//! `CheckResponse`; it decides nothing.
+//!
+//! Endpoints on the gRPC listener: `envoy.service.auth.v3.Authorization/Check`,
+//! `grpc.health.v1.Health`, `grpc.reflection.v1(alpha)` for our own services, and
+//! `sessiongate.admin.v1.Admin` when an admin token is configured.
+
+pub mod admin;
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+use crate::authz::{Authorizer, Decision, Headers, Request, RouteSettings};
+
+/// gRPC status codes used in `CheckResponse.status`.
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
+
+/// The ext_authz service.
+#[derive(Debug, Clone)]
+pub struct ExtAuthz {
+    authorizer: Arc<Authorizer>,
+    unavailable_as_rpc_error: bool,
+    trace_spans: bool,
+}
+
+impl ExtAuthz {
+    /// Wraps the authorizer. `trace_spans`: create a span per check parented on the request's
+    /// `traceparent` (only worth it when spans are exported).
+    pub fn new(
+        authorizer: Arc<Authorizer>,
+        unavailable_as_rpc_error: bool,
+        trace_spans: bool,
+    ) -> ExtAuthz {
+        ExtAuthz {
+            authorizer,
+            unavailable_as_rpc_error,
+            trace_spans,
+        }
+    }
+}
+
+/// Translates Envoy's `CheckRequest` into the domain request.
+pub fn to_request(check: &CheckRequest) -> Option<Request> {
+    let attributes = check.attributes.as_ref()?;
+    let http = attributes.request.as_ref()?.http.as_ref()?;
+    let mut headers;
+    if !http.headers.is_empty() {
+        headers = Headers::with_capacity(http.headers.len());
+        for (k, v) in &http.headers {
+            headers.append(k, v);
+        }
+    } else {
+        // `encode_raw_headers: true`: values arrive as bytes in `header_map` only.
+        let raw = http
+            .header_map
+            .as_ref()
+            .map(|m| m.headers.as_slice())
+            .unwrap_or_default();
+        headers = Headers::with_capacity(raw.len());
+        for h in raw {
+            if !h.raw_value.is_empty() {
+                headers.append(&h.key, &String::from_utf8_lossy(&h.raw_value));
+            } else {
+                headers.append(&h.key, &h.value);
+            }
+        }
+    }
+    let pick = |field: &str, header: &str| {
+        if field.is_empty() {
+            headers.get(header).unwrap_or_default().to_owned()
+        } else {
+            field.to_owned()
+        }
+    };
+    let method = pick(&http.method, ":method");
+    let path = pick(&http.path, ":path");
+    let mut host = pick(&http.host, ":authority");
+    if host.is_empty() {
+        host = headers.get("host").unwrap_or_default().to_owned();
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .map(|s| s.split(',').next().unwrap_or("").trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| pick(&http.scheme, ":scheme"));
+    let route = RouteSettings::parse(
+        attributes
+            .context_extensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    Some(Request {
+        method,
+        scheme,
+        host,
+        path,
+        headers,
+        route,
+    })
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// Translates a decision into Envoy's `CheckResponse`.
+pub fn to_response(decision: &Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(allow) => CheckResponse {
+            status: Some(rpc::Status {
+                code: OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: allow.set.iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: allow.remove.iter().map(|h| h.to_string()).collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        Decision::Deny(deny) => CheckResponse {
+            status: Some(rpc::Status {
+                code: if deny.status == 401 {
+                    UNAUTHENTICATED
+                } else {
+                    PERMISSION_DENIED
+                },
+                message: deny.reason.as_str().to_owned(),
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(deny.status),
+                }),
+                headers: deny.headers.iter().map(|(k, v)| header(k, v)).collect(),
+                body: deny.body.clone(),
+            })),
+            ..Default::default()
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let Some(req) = to_request(&check) else {
+            // Not an HTTP check: deny rather than return an RPC error, which Envoy's
+            // failure_mode_allow could turn into an allow.
+            let deny = self
+                .authorizer
+                .bad_request("CheckRequest has no attributes.request.http");
+            return Ok(Response::new(to_response(&deny)));
+        };
+        let decision = if self.trace_spans {
+            let span = tracing::info_span!(
+                "check",
+                otel.kind = "server",
+                otel.name = "envoy.service.auth.v3.Authorization/Check",
+                http.request.method = %req.method,
+                request_id = req.headers.get("x-request-id").unwrap_or_default(),
+            );
+            {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let parent = crate::telemetry::extract_context(
+                    req.headers.get("traceparent"),
+                    req.headers.get("tracestate"),
+                );
+                let _ = span.set_parent(parent);
+            }
+            self.authorizer.check(&req).instrument(span).await
+        } else {
+            self.authorizer.check(&req).await
+        };
+        if let Decision::Deny(d) = &decision
+            && self.unavailable_as_rpc_error
+            && d.is_upstream_failure()
+        {
+            return Err(Status::unavailable("session service unavailable"));
+        }
+        Ok(Response::new(to_response(&decision)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+
+    fn check(http: HttpRequest, ext: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                context_extensions: ext
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn maps_headers_pseudo_headers_and_extensions() {
+        let http = HttpRequest {
+            method: "GET".into(),
+            headers: [
+                (":authority", "app.example.com"),
+                (":path", "/a?b=c"),
+                ("x-forwarded-proto", "https"),
+                ("cookie", "a=1, ory_kratos_session=s"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        };
+        let r = to_request(&check(http, &[("audience", "api")])).unwrap();
+        assert_eq!(r.host, "app.example.com");
+        assert_eq!(r.path, "/a?b=c");
+        assert_eq!(r.scheme, "https");
+        assert_eq!(r.route.unwrap().audience.as_deref(), Some("api"));
+        assert_eq!(r.headers.get("cookie"), Some("a=1, ory_kratos_session=s"));
+    }
+
+    #[test]
+    fn raw_header_map_with_non_utf8_is_tolerated() {
+        let http = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    HeaderValue {
+                        key: "cookie".into(),
+                        raw_value: b"ory_kratos_session=abc; x=\xff\xfe".to_vec(),
+                        ..Default::default()
+                    },
+                    HeaderValue {
+                        key: ":path".into(),
+                        raw_value: b"/p".to_vec(),
+                        ..Default::default()
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        let r = to_request(&check(http, &[])).unwrap();
+        assert_eq!(r.path, "/p");
+        assert!(
+            r.headers
+                .get("cookie")
+                .unwrap()
+                .starts_with("ory_kratos_session=abc;")
+        );
+    }
+
+    #[test]
+    fn missing_http_attributes_is_none() {
+        assert!(to_request(&CheckRequest::default()).is_none());
+    }
+}

@@ -1,0 +1,419 @@
+//! HTTP forward-auth transport: the same [`Authorizer`] behind `ANY /check` and `ANY /check/*`,
+//! for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` and Envoy/Istio
+//! `http_service`.
+//!
+//! The original request is read from the proxy's conventions — `X-Forwarded-Method`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri` (Traefik, Caddy),
+//! `X-Original-Method` / `X-Original-URI` (nginx), or Envoy's path-prefix form (`/check` +
+//! original path, original method) — but only when the TCP peer is a trusted proxy. From anyone
+//! else the request is taken at face value: its own method, `Host` and path.
+//!
+//! On allow: 200 with the token and identity headers as response headers (an empty value means
+//! "remove": nginx drops empty `proxy_set_header` values), the rewritten `cookie`, and
+//! `x-envoy-auth-headers-to-remove` for Envoy. On deny: the same status, headers and JSON body as
+//! over gRPC.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::authz::{Authorizer, Decision, Headers, Request, RouteSettings};
+
+/// A CIDR block of trusted proxy addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length (0-{max})"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    /// Does the block contain `ip`? (IPv4-mapped IPv6 peers match IPv4 blocks.)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// State of the forward-auth handler.
+#[derive(Debug, Clone)]
+pub struct ForwardAuth {
+    /// The decision engine.
+    pub authorizer: Arc<Authorizer>,
+    /// Peers whose forwarded headers are believed.
+    pub trusted: Arc<[Cidr]>,
+    /// Path prefix of the endpoint (`/check`).
+    pub prefix: Arc<str>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+impl ForwardAuth {
+    /// Translates the forward-auth request into the domain request.
+    pub fn to_request(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Request {
+        to_request(&self.trusted, &self.prefix, peer, method, uri, headers)
+    }
+}
+
+/// Translates a forward-auth request into the domain request (see the module docs).
+pub fn to_request(
+    trusted: &[Cidr],
+    prefix: &str,
+    peer: IpAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Request {
+    let trusted = trusted.iter().any(|c| c.contains(peer));
+    let mut hs = Headers::with_capacity(headers.len());
+    for (k, v) in headers {
+        hs.append(k.as_str(), &String::from_utf8_lossy(v.as_bytes()));
+    }
+    // Path below the endpoint prefix: Envoy's path-prefix form.
+    let own_path = uri
+        .path()
+        .strip_prefix(prefix)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+        .map(|r| if r.is_empty() { "/" } else { r })
+        .unwrap_or("/");
+    let own_path_and_query = match uri.query() {
+        Some(q) if own_path != "/" || !trusted => format!("{own_path}?{q}"),
+        _ => own_path.to_owned(),
+    };
+    let host_header = header(headers, "host").unwrap_or_default().to_owned();
+    if !trusted {
+        return Request {
+            method: method.as_str().to_owned(),
+            scheme: "http".into(),
+            host: host_header,
+            path: own_path_and_query,
+            headers: hs,
+            route: Ok(RouteSettings::default()),
+        };
+    }
+    let forwarded_uri =
+        header(headers, "x-forwarded-uri").or_else(|| header(headers, "x-original-uri"));
+    let method = header(headers, "x-forwarded-method")
+        .or_else(|| header(headers, "x-original-method"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| method.as_str().to_owned());
+    let scheme = header(headers, "x-forwarded-proto")
+        .map(|p| p.split(',').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_else(|| "http".into());
+    let host = header(headers, "x-forwarded-host")
+        .map(|h| h.split(',').next().unwrap_or("").trim().to_owned())
+        .unwrap_or(host_header);
+    // Route settings come from the query of the /check URL, which only the proxy's
+    // configuration controls — never from request headers a client could forward.
+    let (path, route) = match forwarded_uri {
+        Some(u) => {
+            let query = uri.query().unwrap_or("");
+            let pairs: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| {
+                    let dec = |s: &str| {
+                        percent_encoding::percent_decode_str(s)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    };
+                    (dec(k), dec(v))
+                })
+                .collect();
+            let route = RouteSettings::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            (u.to_owned(), route)
+        }
+        None => (own_path_and_query, Ok(RouteSettings::default())),
+    };
+    Request {
+        method,
+        scheme,
+        host,
+        path,
+        headers: hs,
+        route,
+    }
+}
+
+/// `ANY /check[/*]`.
+pub async fn check(
+    State(fa): State<ForwardAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let req = fa.to_request(peer.ip(), &method, &uri, &headers);
+    let redirect_as_401 = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "redirect_status=401"))
+        && fa.trusted.iter().any(|c| c.contains(peer.ip()));
+    let mut decision = fa.authorizer.check(&req).await;
+    // A proxy that copies `cookie` from our answer must get the cookies back even when there was
+    // no session cookie to strip.
+    if let Decision::Allow(allow) = &mut decision
+        && !allow.set.iter().any(|(k, _)| &**k == "cookie")
+        && !allow.remove.iter().any(|k| &**k == "cookie")
+    {
+        let cookies: Vec<&str> = req.headers.get_all("cookie").collect();
+        if !cookies.is_empty() {
+            allow.set.push(("cookie".into(), cookies.join("; ").into()));
+        }
+    }
+    to_response(&decision, redirect_as_401)
+}
+
+/// Translates a decision into the forward-auth response.
+pub fn to_response(decision: &Decision, redirect_as_401: bool) -> Response {
+    match decision {
+        Decision::Allow(allow) => {
+            let mut resp = Response::new(Body::empty());
+            let h = resp.headers_mut();
+            let mut remove: Vec<&str> = Vec::new();
+            for (k, v) in &allow.set {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(&**k), HeaderValue::try_from(&**v))
+                {
+                    h.insert(name, value);
+                }
+            }
+            for k in &allow.remove {
+                remove.push(k);
+                // Empty value: nginx does not pass an empty proxy_set_header value upstream.
+                if let Ok(name) = HeaderName::try_from(&**k)
+                    && !h.contains_key(&name)
+                {
+                    h.insert(name, HeaderValue::from_static(""));
+                }
+            }
+            if !remove.is_empty()
+                && let Ok(v) = HeaderValue::try_from(remove.join(","))
+            {
+                h.insert("x-envoy-auth-headers-to-remove", v);
+            }
+            h.insert("cache-control", HeaderValue::from_static("no-store"));
+            resp
+        }
+        Decision::Deny(deny) => {
+            let mut status = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+            if redirect_as_401 && status.is_redirection() {
+                // nginx auth_request only understands 2xx/401/403: carry the redirect in a 401's
+                // Location and let `error_page 401` follow it.
+                status = StatusCode::UNAUTHORIZED;
+            }
+            let mut resp = (status, deny.body.clone()).into_response();
+            let h = resp.headers_mut();
+            for (k, v) in &deny.headers {
+                if let Ok(v) = HeaderValue::try_from(v.as_str()) {
+                    h.insert(*k, v);
+                }
+            }
+            resp
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(peer: &str, method: &str, uri: &str, headers: &[(&str, &str)]) -> Request {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let trusted = ["127.0.0.1/32".parse().unwrap()];
+        to_request(
+            &trusted,
+            "/check",
+            peer.parse().unwrap(),
+            &method.parse().unwrap(),
+            &uri.parse().unwrap(),
+            &h,
+        )
+    }
+
+    #[test]
+    fn trusted_proxy_conventions() {
+        let fwd = [
+            ("host", "gate:9192"),
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-uri", "/orders/7?x=1"),
+            ("x-forwarded-host", "app.example.com"),
+            ("x-forwarded-proto", "https"),
+        ];
+        let r = map(
+            "127.0.0.1",
+            "GET",
+            "/check?aal=aal2&audience=adm%20in",
+            &fwd,
+        );
+        assert_eq!(
+            (
+                r.method.as_str(),
+                r.scheme.as_str(),
+                r.host.as_str(),
+                r.path.as_str()
+            ),
+            ("DELETE", "https", "app.example.com", "/orders/7?x=1")
+        );
+        let route = r.route.unwrap();
+        assert_eq!(route.aal, Some(crate::session::Aal::Aal2));
+        assert_eq!(route.audience.as_deref(), Some("adm in"));
+        // nginx's X-Original-* names.
+        let r = map(
+            "127.0.0.1",
+            "GET",
+            "/check",
+            &[
+                ("host", "h"),
+                ("x-original-uri", "/a"),
+                ("x-original-method", "POST"),
+            ],
+        );
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/a"));
+        // Envoy's path-prefix form: original method and path, query is the original's, no route settings.
+        let r = map(
+            "127.0.0.1",
+            "PUT",
+            "/check/orders/7?anonymous=true",
+            &[("host", "app")],
+        );
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.host.as_str()),
+            ("PUT", "/orders/7?anonymous=true", "app")
+        );
+        assert!(
+            !r.route.unwrap().anonymous,
+            "a client's query is not a route setting"
+        );
+    }
+
+    #[test]
+    fn untrusted_peers_are_judged_by_their_own_request() {
+        let r = map(
+            "10.9.9.9",
+            "GET",
+            "/check?anonymous=true",
+            &[
+                ("host", "gate"),
+                ("x-forwarded-uri", "/public"),
+                ("x-forwarded-method", "DELETE"),
+                ("x-forwarded-host", "evil"),
+            ],
+        );
+        assert_eq!(
+            (r.method.as_str(), r.host.as_str(), r.path.as_str()),
+            ("GET", "gate", "/?anonymous=true")
+        );
+        assert!(!r.route.unwrap().anonymous);
+    }
+
+    #[test]
+    fn responses() {
+        use crate::authz::{Allow, Deny, Reason};
+        let allow = Decision::Allow(Allow {
+            set: vec![("authorization".into(), "Bearer x".into())],
+            remove: vec!["x-user-id".into(), "x-session-token".into()],
+            reason: Reason::Authenticated,
+        });
+        let r = to_response(&allow, false);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["authorization"], "Bearer x");
+        assert_eq!(r.headers()["x-user-id"], "");
+        assert_eq!(
+            r.headers()["x-envoy-auth-headers-to-remove"],
+            "x-user-id,x-session-token"
+        );
+        let deny = Decision::Deny(Deny {
+            status: 303,
+            headers: vec![("location", "https://login".into())],
+            body: String::new(),
+            reason: Reason::NoCredential,
+        });
+        assert_eq!(to_response(&deny, false).status(), 303);
+        let r = to_response(&deny, true);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["location"], "https://login");
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let c: Cidr = "::1".parse().unwrap();
+        assert!(c.contains("::1".parse().unwrap()));
+        assert!(!c.contains("127.0.0.1".parse().unwrap()));
+        let any: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1044 @@
+//! The session cache in front of a [`SessionSource`].
+//!
+//! - Keys are keyed BLAKE3 hashes of the credential; the raw credential is never stored.
+//! - Single-flight: concurrent lookups of one key share one upstream call, which runs as its own
+//!   task, so a caller that gives up (Envoy's timeout) does not waste the answer.
+//! - A valid session is *fresh* for `refresh_after` and *usable* until
+//!   `min(ttl, Ory-Session-Cache-For, expires_at)`; a hit in between is served at once while one
+//!   background refresh runs. "No session" is kept for `negative_ttl`. Errors, 429 and step-up
+//!   answers are never cached.
+//! - Stale-if-error (off by default): when Kratos fails, an entry that stopped being usable less
+//!   than `stale_if_error` ago may still answer, never past the session's `expires_at` and never
+//!   after an invalidation.
+//! - Invalidation by credential, session id, identity id or everything, through indexes, with
+//!   tombstones so that an upstream call already in flight cannot resurrect what was invalidated.
+//! - The cache is weighed in bytes (`max_bytes`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use tracing::Instrument;
+
+use super::redis::{Invalidation, SharedCache, Stored};
+use super::{Answer, LookupContext, Outcome, SessionSource, UpstreamError};
+use crate::config::CacheConfig;
+use crate::credentials::{Credential, CredentialKind};
+use crate::telemetry::{KindLabel, Metrics};
+
+/// A keyed hash of a credential.
+pub type CacheKey = [u8; 32];
+
+/// What the cache stores for one credential.
+#[derive(Debug)]
+struct Cached {
+    outcome: Outcome,
+    stored_at: Instant,
+    fresh_until: Instant,
+    usable_until: Instant,
+    keep_until: Instant,
+    weight: u32,
+}
+
+impl Cached {
+    fn ids(&self) -> Option<(&str, &str)> {
+        match &self.outcome {
+            Outcome::Active(s) => Some((&s.id, &s.identity_id)),
+            _ => None,
+        }
+    }
+}
+
+struct KeepUntil;
+
+impl Expiry<CacheKey, Arc<Cached>> for KeepUntil {
+    fn expire_after_create(&self, _: &CacheKey, v: &Arc<Cached>, now: Instant) -> Option<Duration> {
+        Some(v.keep_until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        v: &Arc<Cached>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.keep_until.saturating_duration_since(now))
+    }
+}
+
+/// Why a lookup produced no cacheable answer.
+#[derive(Debug, Clone)]
+enum Uncached {
+    StepUp(Option<String>),
+    Upstream(UpstreamError),
+}
+
+type FetchResult = Result<Arc<Cached>, Uncached>;
+type SharedFetch = Shared<Pin<Box<dyn Future<Output = FetchResult> + Send>>>;
+
+/// What the caller accepts from the cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Freshness {
+    /// Accept a cached answer at most this old (`Cache-Control: max-age`); `Some(0)` forces a
+    /// lookup that started no earlier than this request.
+    pub max_age: Option<Duration>,
+}
+
+/// Something that was invalidated, remembered briefly so in-flight lookups cannot resurrect it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Tomb {
+    Key(CacheKey),
+    Session(Box<str>),
+    Identity(Box<str>),
+}
+
+#[derive(Default)]
+struct Index {
+    by_session: HashMap<Box<str>, Vec<CacheKey>>,
+    by_identity: HashMap<Box<str>, Vec<CacheKey>>,
+}
+
+impl Index {
+    fn add(&mut self, key: CacheKey, sid: &str, iid: &str) {
+        for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
+            let keys = map.entry(id.into()).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &CacheKey, sid: &str, iid: &str) {
+        for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
+            if let Some(keys) = map.get_mut(id) {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    map.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Cache figures for the admin API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    /// Entries (positive and negative).
+    pub entries: u64,
+    /// Weighted size in bytes.
+    pub weighted_bytes: u64,
+}
+
+struct Inner {
+    entries: Cache<CacheKey, Arc<Cached>>,
+    source: Arc<dyn SessionSource>,
+    metrics: Arc<Metrics>,
+    hash_key: [u8; 32],
+    ttl: Duration,
+    refresh_after: Duration,
+    negative_ttl: Duration,
+    stale_if_error: Duration,
+    tomb_ttl: Duration,
+    inflight: Mutex<HashMap<CacheKey, (u64, SharedFetch)>>,
+    next_flight: std::sync::atomic::AtomicU64,
+    index: Arc<Mutex<Index>>,
+    tombs: Mutex<HashMap<Tomb, Instant>>,
+    all_invalidated_at: Mutex<Option<Instant>>,
+    l2: Option<Arc<SharedCache>>,
+    degraded_ttl: Duration,
+}
+
+/// The session cache.
+#[derive(Clone)]
+pub struct SessionCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("entries", &self.inner.entries.entry_count())
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SessionCache {
+    /// Builds the cache in front of `source`. `max_fetch` bounds how long one upstream call can
+    /// take (queue wait + timeout); invalidation tombstones live that long.
+    pub fn new(
+        config: &CacheConfig,
+        source: Arc<dyn SessionSource>,
+        metrics: Arc<Metrics>,
+        max_fetch: Duration,
+    ) -> SessionCache {
+        Self::with_shared(config, source, metrics, max_fetch, None)
+    }
+
+    /// Like [`SessionCache::new`], with a shared Redis layer and its degraded TTL.
+    pub fn with_shared(
+        config: &CacheConfig,
+        source: Arc<dyn SessionSource>,
+        metrics: Arc<Metrics>,
+        max_fetch: Duration,
+        shared: Option<(Arc<SharedCache>, Duration)>,
+    ) -> SessionCache {
+        let hash_key = match &config.key_secret {
+            Some(secret) => blake3::derive_key("sessiongate 2026 cache key v1", secret.as_bytes()),
+            None => rand::random(),
+        };
+        let index: Arc<Mutex<Index>> = Arc::default();
+        let listener_index = index.clone();
+        let listener_metrics = metrics.clone();
+        let entries = Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_, v: &Arc<Cached>| v.weight)
+            .expire_after(KeepUntil)
+            .eviction_listener(move |key: Arc<CacheKey>, value: Arc<Cached>, cause| {
+                let kind = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => return,
+                };
+                listener_metrics
+                    .cache_evictions
+                    .get_or_create(&KindLabel { kind })
+                    .inc();
+                if let Some((sid, iid)) = value.ids() {
+                    lock(&listener_index).remove(&key, sid, iid);
+                }
+            })
+            .build();
+        SessionCache {
+            inner: Arc::new(Inner {
+                entries,
+                source,
+                metrics,
+                hash_key,
+                ttl: config.ttl,
+                refresh_after: config.refresh_after.min(config.ttl),
+                negative_ttl: config.negative_ttl,
+                stale_if_error: config.stale_if_error,
+                tomb_ttl: max_fetch + Duration::from_secs(1),
+                inflight: Mutex::default(),
+                next_flight: Default::default(),
+                index,
+                tombs: Mutex::default(),
+                all_invalidated_at: Mutex::default(),
+                degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
+                l2: shared.map(|(l2, _)| l2),
+            }),
+        }
+    }
+
+    /// The cache key of a credential: BLAKE3 keyed with a secret, over kind, cookie name and value.
+    pub fn key_for(&self, credential: &Credential) -> CacheKey {
+        let mut h = blake3::Hasher::new_keyed(&self.inner.hash_key);
+        h.update(&[match credential.kind {
+            CredentialKind::Cookie => b'c',
+            // Kratos treats a bearer session token exactly like X-Session-Token.
+            CredentialKind::SessionToken | CredentialKind::Bearer => b't',
+        }]);
+        if let Some(name) = &credential.cookie_name {
+            h.update(name.as_bytes());
+        }
+        h.update(&[0]);
+        h.update(credential.expose().as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// Looks the credential up, asking the source at most once for concurrent callers.
+    pub async fn lookup(
+        &self,
+        credential: &Credential,
+        cx: &LookupContext,
+        freshness: Freshness,
+    ) -> Result<Outcome, UpstreamError> {
+        let inner = &self.inner;
+        let arrival = Instant::now();
+        let key = self.key_for(credential);
+        if let Some(hit) = inner.entries.get(&key).await {
+            let usable_until = if self.degraded() {
+                hit.usable_until.min(hit.stored_at + inner.degraded_ttl)
+            } else {
+                hit.usable_until
+            };
+            let young_enough = freshness.max_age.is_none_or(|m| {
+                arrival.saturating_duration_since(hit.stored_at) <= m && !m.is_zero()
+            });
+            if arrival < usable_until && young_enough {
+                match &hit.outcome {
+                    Outcome::Active(_) if arrival >= hit.fresh_until => {
+                        inner.metrics.cache_lookup("stale");
+                        if self.start_fetch(key, credential, cx).1 {
+                            inner.metrics.cache_lookup("refresh");
+                        }
+                    }
+                    Outcome::Active(_) => inner.metrics.cache_lookup("hit"),
+                    _ => inner.metrics.cache_lookup("negative"),
+                }
+                return Ok(hit.outcome.clone());
+            }
+            if !young_enough {
+                inner.metrics.cache_lookup("bypass");
+            }
+        }
+
+        let (fetch, leader) = self.start_fetch(key, credential, cx);
+        let result = fetch.await;
+        inner
+            .metrics
+            .cache_lookup(if leader { "miss" } else { "coalesced" });
+        match result {
+            Ok(cached) => Ok(cached.outcome.clone()),
+            Err(Uncached::StepUp(r)) => Ok(Outcome::StepUpRequired {
+                redirect_browser_to: r,
+            }),
+            Err(Uncached::Upstream(e)) => {
+                if !inner.stale_if_error.is_zero()
+                    && matches!(e, UpstreamError::Unavailable(_))
+                    && let Some(old) = inner.entries.get(&key).await
+                    && let Outcome::Active(s) = &old.outcome
+                    && Instant::now() < old.keep_until
+                    && s.expires_at > SystemTime::now()
+                    && !self.tombstoned(&key, s.id.as_str(), s.identity_id.as_str(), old.stored_at)
+                {
+                    inner.metrics.cache_stale_if_error.inc();
+                    tracing::warn!(error = %e, "serving a cached session past its TTL because Kratos failed (stale_if_error)");
+                    return Ok(old.outcome.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Joins the upstream call in flight for `key`, or starts one. Returns whether it started one.
+    fn start_fetch(
+        &self,
+        key: CacheKey,
+        credential: &Credential,
+        cx: &LookupContext,
+    ) -> (SharedFetch, bool) {
+        let mut inflight = lock(&self.inner.inflight);
+        if let Some((_, f)) = inflight.get(&key) {
+            return (f.clone(), false);
+        }
+        let id = self
+            .inner
+            .next_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let this = self.clone();
+        let credential = credential.clone();
+        let cx = cx.clone();
+        // The upstream call runs as its own task (callers may give up; the answer is still
+        // cached) but stays in the trace of the request that started it.
+        let task = tokio::spawn(
+            async move {
+                let result = this.fetch(key, &credential, &cx).await;
+                let mut inflight = lock(&this.inner.inflight);
+                if inflight.get(&key).is_some_and(|(i, _)| *i == id) {
+                    inflight.remove(&key);
+                }
+                result
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let fut: Pin<Box<dyn Future<Output = FetchResult> + Send>> = Box::pin(task.map(|r| {
+            r.unwrap_or(Err(Uncached::Upstream(UpstreamError::Unavailable(
+                "internal",
+            ))))
+        }));
+        let shared = fut.shared();
+        inflight.insert(key, (id, shared.clone()));
+        (shared, true)
+    }
+
+    async fn fetch(
+        &self,
+        key: CacheKey,
+        credential: &Credential,
+        cx: &LookupContext,
+    ) -> FetchResult {
+        let inner = &self.inner;
+        for attempt in 0..2 {
+            let started = Instant::now();
+            // While Redis is known to be down (subscription lost), do not pay its timeout on
+            // every miss: go straight to Kratos.
+            if let Some(l2) = inner.l2.as_ref().filter(|l2| l2.subscribed())
+                && let Some(stored) = l2.get(&key).await
+                && let Some((outcome, fresh, usable)) = stored.decode()
+            {
+                let cached = self.cached(outcome, fresh, usable);
+                let (sid, iid) = cached.ids().unwrap_or(("", ""));
+                if !self.tombstoned(&key, sid, iid, started) {
+                    if let Some((sid, iid)) = cached.ids() {
+                        lock(&inner.index).add(key, sid, iid);
+                    }
+                    inner.entries.insert(key, cached.clone()).await;
+                    inner.metrics.cache_lookup("shared");
+                    return Ok(cached);
+                }
+            }
+            let answer = inner
+                .source
+                .lookup(credential, cx)
+                .await
+                .map_err(Uncached::Upstream)?;
+            let cached = match self.to_cached(answer) {
+                Ok(c) => c,
+                Err(step_up) => {
+                    // Whatever we held for this credential is outdated.
+                    inner.entries.invalidate(&key).await;
+                    return Err(step_up);
+                }
+            };
+            let (sid, iid) = cached.ids().unwrap_or(("", ""));
+            if self.tombstoned(&key, sid, iid, started) {
+                // Invalidated while Kratos was answering: the answer may predate the revocation.
+                if attempt == 0 {
+                    continue;
+                }
+                return Ok(cached);
+            }
+            if let Some((sid, iid)) = cached.ids() {
+                lock(&inner.index).add(key, sid, iid);
+            }
+            inner.entries.insert(key, cached.clone()).await;
+            if let Some(l2) = inner.l2.as_ref().filter(|l2| l2.subscribed()) {
+                let now = Instant::now();
+                let fresh = cached.fresh_until.saturating_duration_since(now);
+                let usable = cached.usable_until.saturating_duration_since(now);
+                if let Some(stored) = Stored::new(&cached.outcome, fresh, usable) {
+                    l2.put(key, stored, usable);
+                }
+            }
+            return Ok(cached);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    fn tombstoned(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
+        if lock(&self.inner.all_invalidated_at).is_some_and(|t| t >= since) {
+            return true;
+        }
+        let tombs = lock(&self.inner.tombs);
+        if tombs.is_empty() {
+            return false;
+        }
+        [
+            Tomb::Key(*key),
+            Tomb::Session(sid.into()),
+            Tomb::Identity(iid.into()),
+        ]
+        .iter()
+        .any(|t| tombs.get(t).is_some_and(|at| *at >= since))
+    }
+
+    fn bury(&self, tomb: Tomb) {
+        let now = Instant::now();
+        let mut tombs = lock(&self.inner.tombs);
+        let ttl = self.inner.tomb_ttl;
+        tombs.retain(|_, at| now.duration_since(*at) < ttl);
+        tombs.insert(tomb, now);
+    }
+
+    /// Is this replica missing invalidations (Redis configured, subscription down)?
+    fn degraded(&self) -> bool {
+        self.inner.l2.as_ref().is_some_and(|l2| !l2.subscribed())
+    }
+
+    fn to_cached(&self, answer: Answer) -> Result<Arc<Cached>, Uncached> {
+        let inner = &self.inner;
+        let cap = |d: Duration| answer.cache_for.map_or(d, |c| c.min(d));
+        let (fresh, usable) = match &answer.outcome {
+            Outcome::Active(s) => {
+                let usable = cap(inner.ttl).min(s.remaining(SystemTime::now()));
+                (inner.refresh_after.min(usable), usable)
+            }
+            Outcome::Unauthenticated => {
+                let n = cap(inner.negative_ttl);
+                (n, n)
+            }
+            // Not cached: the user may complete step-up any second with the same cookie.
+            Outcome::StepUpRequired {
+                redirect_browser_to,
+            } => {
+                return Err(Uncached::StepUp(redirect_browser_to.clone()));
+            }
+        };
+        Ok(self.cached(answer.outcome, fresh, usable))
+    }
+
+    /// Builds an entry: fresh for `fresh`, usable for `usable` (shortened while degraded), kept
+    /// `stale_if_error` longer, never past the session's end.
+    fn cached(&self, outcome: Outcome, fresh: Duration, usable: Duration) -> Arc<Cached> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let usable = if self.degraded() {
+            usable.min(inner.degraded_ttl)
+        } else {
+            usable
+        };
+        let fresh = fresh.min(usable);
+        let (keep, weight) = match &outcome {
+            Outcome::Active(s) => {
+                let keep = (usable + inner.stale_if_error).min(s.remaining(SystemTime::now()));
+                // Session, the minted token(s) it will carry (~3× the claims, base64 + signature), overhead.
+                let weight = s.weight() + 2 * (400 + s.extra_claims.len() * 4 / 3) + 256;
+                (keep, weight)
+            }
+            _ => (usable, 160),
+        };
+        Arc::new(Cached {
+            outcome,
+            stored_at: now,
+            fresh_until: now + fresh,
+            usable_until: now + usable,
+            keep_until: now + keep,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Applies an invalidation received from another replica (no re-broadcast).
+    pub async fn apply_remote(&self, inv: Invalidation) {
+        match inv {
+            Invalidation::Key(hex) => {
+                if let Some(key) = super::redis::unhex(&hex) {
+                    self.bury(Tomb::Key(key));
+                    self.inner.entries.remove(&key).await;
+                }
+            }
+            Invalidation::Session(id) => {
+                self.invalidate_session_local(&id).await;
+            }
+            Invalidation::Identity(id) => {
+                self.invalidate_identity_local(&id).await;
+            }
+            Invalidation::All => {
+                self.invalidate_all_local().await;
+            }
+        }
+    }
+
+    async fn broadcast(&self, inv: Invalidation) {
+        if let Some(l2) = &self.inner.l2 {
+            l2.broadcast(&inv).await;
+        }
+    }
+
+    /// Drops the entry for one credential. Returns the number of entries dropped (0 or 1).
+    pub async fn invalidate_credential(&self, credential: &Credential) -> u64 {
+        let key = self.key_for(credential);
+        self.bury(Tomb::Key(key));
+        let n = u64::from(self.inner.entries.remove(&key).await.is_some());
+        self.count_invalidation("credential");
+        self.broadcast(Invalidation::Key(super::redis::key_hex(&key)))
+            .await;
+        n
+    }
+
+    /// Drops every entry of one Kratos session (on every replica, with Redis).
+    pub async fn invalidate_session(&self, session_id: &str) -> u64 {
+        let n = self.invalidate_session_local(session_id).await;
+        self.broadcast(Invalidation::Session(session_id.into()))
+            .await;
+        n
+    }
+
+    async fn invalidate_session_local(&self, session_id: &str) -> u64 {
+        self.bury(Tomb::Session(session_id.into()));
+        let keys = lock(&self.inner.index)
+            .by_session
+            .get(session_id)
+            .cloned()
+            .unwrap_or_default();
+        self.count_invalidation("session");
+        self.remove_keys(keys).await
+    }
+
+    /// Drops every entry of one Kratos identity (on every replica, with Redis).
+    pub async fn invalidate_identity(&self, identity_id: &str) -> u64 {
+        let n = self.invalidate_identity_local(identity_id).await;
+        self.broadcast(Invalidation::Identity(identity_id.into()))
+            .await;
+        n
+    }
+
+    async fn invalidate_identity_local(&self, identity_id: &str) -> u64 {
+        self.bury(Tomb::Identity(identity_id.into()));
+        let keys = lock(&self.inner.index)
+            .by_identity
+            .get(identity_id)
+            .cloned()
+            .unwrap_or_default();
+        self.count_invalidation("identity");
+        self.remove_keys(keys).await
+    }
+
+    /// Drops everything (on every replica, with Redis).
+    pub async fn invalidate_all(&self) -> u64 {
+        let n = self.invalidate_all_local().await;
+        self.broadcast(Invalidation::All).await;
+        n
+    }
+
+    async fn invalidate_all_local(&self) -> u64 {
+        *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
+        self.inner.entries.run_pending_tasks().await;
+        let n = self.inner.entries.entry_count();
+        self.inner.entries.invalidate_all();
+        self.inner.entries.run_pending_tasks().await;
+        self.count_invalidation("all");
+        n
+    }
+
+    async fn remove_keys(&self, keys: Vec<CacheKey>) -> u64 {
+        let mut n = 0;
+        for k in keys {
+            if self.inner.entries.remove(&k).await.is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn count_invalidation(&self, kind: &'static str) {
+        self.inner
+            .metrics
+            .cache_invalidations
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// Entries and weighted size (approximate: pending maintenance is not counted).
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.inner.entries.entry_count(),
+            weighted_bytes: self.inner.entries.weighted_size(),
+        }
+    }
+
+    /// Entries currently cached (approximate).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entries.entry_count()
+    }
+
+    /// Runs pending maintenance (expiry, eviction) now; tests use it for exact counts.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.entries.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{LookupFuture, Session};
+    use crate::token::TokenSlot;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    type AnswerFn = Box<dyn Fn() -> Result<Answer, UpstreamError> + Send + Sync>;
+
+    struct Fake {
+        calls: AtomicUsize,
+        delay: Duration,
+        answer: Mutex<AnswerFn>,
+    }
+
+    impl Fake {
+        fn set(&self, f: impl Fn() -> Result<Answer, UpstreamError> + Send + Sync + 'static) {
+            *self.answer.lock().unwrap() = Box::new(f);
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl SessionSource for Fake {
+        fn lookup<'a>(&'a self, _: &'a Credential, _: &'a LookupContext) -> LookupFuture<'a> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                (self.answer.lock().unwrap())()
+            })
+        }
+    }
+
+    fn session(sid: &str, iid: &str, secs: u64) -> Arc<Session> {
+        Arc::new(Session {
+            id: sid.into(),
+            identity_id: iid.into(),
+            aal: crate::session::Aal::Aal1,
+            expires_at: SystemTime::now() + Duration::from_secs(secs),
+            extra_claims: "".into(),
+            identity_headers: vec![],
+            tokens: TokenSlot::default(),
+        })
+    }
+
+    fn active(secs: u64) -> Result<Answer, UpstreamError> {
+        Ok(Answer {
+            outcome: Outcome::Active(session("s", "i", secs)),
+            cache_for: None,
+        })
+    }
+
+    fn unauthenticated() -> Result<Answer, UpstreamError> {
+        Ok(Answer {
+            outcome: Outcome::Unauthenticated,
+            cache_for: None,
+        })
+    }
+
+    fn setup(config: CacheConfig, delay_ms: u64) -> (SessionCache, Arc<Fake>) {
+        let fake = Arc::new(Fake {
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(delay_ms),
+            answer: Mutex::new(Box::new(|| active(3600))),
+        });
+        let c = SessionCache::new(
+            &config,
+            fake.clone(),
+            Metrics::new(),
+            Duration::from_millis(500),
+        );
+        (c, fake)
+    }
+
+    fn cred(v: &str) -> Credential {
+        Credential::new(
+            CredentialKind::Cookie,
+            Some("ory_kratos_session".into()),
+            v.into(),
+        )
+    }
+
+    async fn get(c: &SessionCache, v: &str) -> Result<Outcome, UpstreamError> {
+        c.lookup(&cred(v), &LookupContext::default(), Freshness::default())
+            .await
+    }
+
+    fn is_active(r: &Result<Outcome, UpstreamError>) -> bool {
+        matches!(r, Ok(Outcome::Active(_)))
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let (c, fake) = setup(CacheConfig::default(), 20);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { get(&c, "a").await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(is_active(&t.await.unwrap()));
+        }
+        assert_eq!(fake.calls(), 1);
+        assert!(is_active(&get(&c, "a").await));
+        assert_eq!(fake.calls(), 1);
+        get(&c, "b").await.unwrap();
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_caller_does_not_waste_the_answer() {
+        let (c, fake) = setup(CacheConfig::default(), 100);
+        let r = tokio::time::timeout(Duration::from_millis(20), get(&c, "a")).await;
+        assert!(r.is_err(), "caller gave up");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(is_active(&get(&c, "a").await));
+        assert_eq!(
+            fake.calls(),
+            1,
+            "the call finished in the background and was cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_but_shared() {
+        let (c, fake) = setup(CacheConfig::default(), 20);
+        fake.set(|| Err(UpstreamError::Unavailable("status")));
+        let (a, b) = tokio::join!(get(&c, "a"), get(&c, "a"));
+        assert!(a.is_err() && b.is_err());
+        assert_eq!(fake.calls(), 1, "concurrent callers share the failure");
+        assert!(get(&c, "a").await.is_err());
+        assert_eq!(fake.calls(), 2, "and it is not cached");
+    }
+
+    #[tokio::test]
+    async fn step_up_is_not_cached_but_unauthenticated_is() {
+        let (c, fake) = setup(CacheConfig::default(), 0);
+        fake.set(|| {
+            Ok(Answer {
+                outcome: Outcome::StepUpRequired {
+                    redirect_browser_to: None,
+                },
+                cache_for: None,
+            })
+        });
+        get(&c, "a").await.unwrap();
+        get(&c, "a").await.unwrap();
+        assert_eq!(fake.calls(), 2);
+        fake.set(unauthenticated);
+        get(&c, "b").await.unwrap();
+        get(&c, "b").await.unwrap();
+        assert_eq!(fake.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn ttl_never_outlives_the_session() {
+        let (c, fake) = setup(CacheConfig::default(), 0);
+        fake.set(|| active(1));
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(get(&c, "a").await.is_ok());
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn ory_session_cache_for_caps_the_ttl() {
+        let (c, fake) = setup(CacheConfig::default(), 0);
+        fake.set(|| {
+            Ok(Answer {
+                outcome: Outcome::Active(session("s", "i", 3600)),
+                cache_for: Some(Duration::from_millis(0)),
+            })
+        });
+        get(&c, "a").await.unwrap();
+        get(&c, "a").await.unwrap();
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn refresh_ahead_serves_at_once_with_exactly_one_background_call() {
+        let config = CacheConfig {
+            ttl: Duration::from_secs(10),
+            refresh_after: Duration::from_millis(100),
+            ..CacheConfig::default()
+        };
+        let (c, fake) = setup(config, 150);
+        get(&c, "a").await.unwrap();
+        assert_eq!(fake.calls(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Many stale hits: each is served at once (well before the 150 ms upstream delay).
+        let start = Instant::now();
+        for _ in 0..20 {
+            assert!(is_active(&get(&c, "a").await));
+        }
+        let served_in = start.elapsed();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(fake.calls() - 1, 1, "exactly one background refresh");
+        for _ in 0..20 {
+            assert!(is_active(&get(&c, "a").await));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(fake.calls(), 2);
+        // The refreshed entry is fresh again: no further call.
+        get(&c, "a").await.unwrap();
+        assert_eq!(fake.calls(), 2);
+        assert!(
+            served_in < Duration::from_millis(150),
+            "stale hits waited for the refresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_finds_the_session_revoked_turns_it_into_a_deny() {
+        let config = CacheConfig {
+            refresh_after: Duration::from_millis(50),
+            ..CacheConfig::default()
+        };
+        let (c, fake) = setup(config, 0);
+        get(&c, "a").await.unwrap();
+        fake.set(unauthenticated);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            is_active(&get(&c, "a").await),
+            "stale hit served while refreshing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(get(&c, "a").await, Ok(Outcome::Unauthenticated)));
+    }
+
+    #[tokio::test]
+    async fn client_max_age_forces_a_single_flighted_lookup() {
+        let (c, fake) = setup(CacheConfig::default(), 30);
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let forced = Freshness {
+            max_age: Some(Duration::ZERO),
+        };
+        let lookups: Vec<_> = (0..10)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.lookup(&cred("a"), &LookupContext::default(), forced)
+                        .await
+                })
+            })
+            .collect();
+        for l in lookups {
+            assert!(is_active(&l.await.unwrap()));
+        }
+        assert_eq!(
+            fake.calls(),
+            2,
+            "one forced lookup for ten concurrent callers"
+        );
+        // max-age larger than the entry's age is served from cache.
+        let relaxed = Freshness {
+            max_age: Some(Duration::from_secs(30)),
+        };
+        c.lookup(&cred("a"), &LookupContext::default(), relaxed)
+            .await
+            .unwrap();
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn stale_if_error_is_bounded_and_off_by_default() {
+        for (stale, expect_served) in [(Duration::ZERO, false), (Duration::from_secs(5), true)] {
+            let config = CacheConfig {
+                ttl: Duration::from_millis(50),
+                refresh_after: Duration::from_millis(50),
+                stale_if_error: stale,
+                ..CacheConfig::default()
+            };
+            let (c, fake) = setup(config, 0);
+            get(&c, "a").await.unwrap();
+            fake.set(|| Err(UpstreamError::Unavailable("timeout")));
+            tokio::time::sleep(Duration::from_millis(70)).await;
+            assert_eq!(
+                is_active(&get(&c, "a").await),
+                expect_served,
+                "stale_if_error={stale:?}"
+            );
+            // Never for an invalidated session.
+            c.invalidate_session("s").await;
+            assert!(get(&c, "a").await.is_err());
+            // 429 is not an error stale_if_error covers.
+        }
+    }
+
+    #[tokio::test]
+    async fn invalidation_by_session_identity_credential_and_all() {
+        let (c, fake) = setup(CacheConfig::default(), 0);
+        fake.set(|| active(3600));
+        get(&c, "a").await.unwrap();
+        get(&c, "b").await.unwrap();
+        assert_eq!(
+            c.invalidate_session("s").await,
+            2,
+            "both credentials resolved to session s"
+        );
+        assert_eq!(c.invalidate_session("s").await, 0);
+        get(&c, "a").await.unwrap();
+        assert_eq!(c.invalidate_identity("i").await, 1);
+        assert_eq!(c.invalidate_identity("nobody").await, 0);
+        get(&c, "a").await.unwrap();
+        assert_eq!(c.invalidate_credential(&cred("a")).await, 1);
+        get(&c, "a").await.unwrap();
+        get(&c, "b").await.unwrap();
+        c.run_pending_tasks().await;
+        assert_eq!(c.invalidate_all().await, 2);
+        c.run_pending_tasks().await;
+        assert_eq!(c.stats().entries, 0);
+        let before = fake.calls();
+        get(&c, "a").await.unwrap();
+        assert_eq!(fake.calls(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn invalidation_during_an_in_flight_lookup_does_not_resurrect_the_entry() {
+        let (c, fake) = setup(CacheConfig::default(), 100);
+        // The first answer predates the revocation; the retry sees Kratos' new state.
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        fake.set(move || {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                active(3600)
+            } else {
+                unauthenticated()
+            }
+        });
+        let c2 = c.clone();
+        let pending = tokio::spawn(async move { get(&c2, "a").await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.invalidate_session("s").await;
+        let r = pending.await.unwrap();
+        assert!(
+            matches!(r, Ok(Outcome::Unauthenticated)),
+            "stale answer discarded, got {r:?}"
+        );
+        assert_eq!(fake.calls(), 2);
+        assert!(matches!(get(&c, "a").await, Ok(Outcome::Unauthenticated)));
+    }
+
+    #[tokio::test]
+    async fn invalidation_during_a_background_refresh_does_not_resurrect_the_entry() {
+        let config = CacheConfig {
+            refresh_after: Duration::from_millis(20),
+            ..CacheConfig::default()
+        };
+        let (c, fake) = setup(config, 80);
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        get(&c, "a").await.unwrap(); // stale → refresh starts (answers "active" after 80 ms)
+        c.invalidate_identity("i").await;
+        fake.set(unauthenticated);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(matches!(get(&c, "a").await, Ok(Outcome::Unauthenticated)));
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes() {
+        let config = CacheConfig {
+            max_bytes: 64 * 1024,
+            ..CacheConfig::default()
+        };
+        let (c, _) = setup(config, 0);
+        for i in 0..2000 {
+            get(&c, &format!("k{i}")).await.unwrap();
+        }
+        c.run_pending_tasks().await;
+        let s = c.stats();
+        assert!(s.weighted_bytes <= 64 * 1024, "{s:?}");
+        assert!(s.entries < 2000 && s.entries > 10, "{s:?}");
+    }
+
+    #[test]
+    fn keys_are_keyed_and_distinguish_kinds() {
+        let (a, _) = setup(CacheConfig::default(), 0);
+        let (b, _) = setup(CacheConfig::default(), 0);
+        let c1 = cred("v");
+        let t = Credential::new(CredentialKind::SessionToken, None, "v".into());
+        let bearer = Credential::new(CredentialKind::Bearer, None, "v".into());
+        assert_ne!(a.key_for(&c1), b.key_for(&c1), "random per-process secret");
+        assert_ne!(a.key_for(&c1), a.key_for(&t));
+        assert_eq!(a.key_for(&t), a.key_for(&bearer));
+        let shared = CacheConfig {
+            key_secret: Some("x".repeat(40)),
+            ..CacheConfig::default()
+        };
+        let (s1, _) = setup(shared.clone(), 0);
+        let (s2, _) = setup(shared, 0);
+        assert_eq!(
+            s1.key_for(&c1),
+            s2.key_for(&c1),
+            "a shared secret gives shared keys"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! Sessions: the model of a Kratos session as far as we need it, the `SessionSource` seam, the
+//! whoami client (`whoami`) and the cache in front of it (`cache`).
+
+pub mod cache;
+pub mod redis;
+pub mod whoami;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::credentials::Credential;
+use crate::token::TokenSlot;
+
+/// Authenticator assurance level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Aal {
+    /// No or unknown authentication.
+    Aal0,
+    /// One factor.
+    Aal1,
+    /// Two factors.
+    Aal2,
+    /// Hardware-backed (reserved by Kratos).
+    Aal3,
+}
+
+impl Aal {
+    /// Parses Kratos' `authenticator_assurance_level`; unknown values are `Aal0`.
+    pub fn parse(s: &str) -> Aal {
+        match s {
+            "aal1" => Aal::Aal1,
+            "aal2" => Aal::Aal2,
+            "aal3" => Aal::Aal3,
+            _ => Aal::Aal0,
+        }
+    }
+
+    /// Kratos' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aal::Aal0 => "aal0",
+            Aal::Aal1 => "aal1",
+            Aal::Aal2 => "aal2",
+            Aal::Aal3 => "aal3",
+        }
+    }
+}
+
+/// What we keep of an active session: enough to decide, mint and set headers, nothing more.
+/// The raw whoami JSON is dropped after [`Projection::apply`].
+#[derive(Debug)]
+pub struct Session {
+    /// Session id (`sid` claim).
+    pub id: String,
+    /// Identity id (`sub` claim).
+    pub identity_id: String,
+    /// Assurance level of this session.
+    pub aal: Aal,
+    /// When Kratos ends the session.
+    pub expires_at: SystemTime,
+    /// Configured extra claims, pre-serialised as `"name":value` pairs joined by `,` (may be empty).
+    pub extra_claims: Box<str>,
+    /// Configured identity headers with their values; a header whose pointer found nothing or
+    /// whose value cannot be a header value is absent (and so removed upstream).
+    pub identity_headers: Vec<(Arc<str>, Box<str>)>,
+    /// Minted tokens for this session, per audience.
+    pub tokens: TokenSlot,
+}
+
+impl Session {
+    /// Seconds (rounded down) until Kratos ends the session; zero when it already has.
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Approximate heap bytes held by this session, for the cache weigher.
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Session>()
+            + self.id.len()
+            + self.identity_id.len()
+            + self.extra_claims.len()
+            + self
+                .identity_headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 32)
+                .sum::<usize>()
+            + self.tokens.weight()
+    }
+}
+
+/// The answer of the session source for one credential.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A valid, active, unexpired session.
+    Active(Arc<Session>),
+    /// No valid session for this credential (401, inactive or expired).
+    Unauthenticated,
+    /// The session exists but a higher AAL is required (Kratos 403 `session_aal2_required`).
+    StepUpRequired {
+        /// Kratos' `redirect_browser_to`, when it sent one.
+        redirect_browser_to: Option<String>,
+    },
+}
+
+/// A successful whoami response, with what the cache needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// `Ory-Session-Cache-For` from upstream: an upper bound for caching this answer.
+    pub cache_for: Option<Duration>,
+}
+
+/// Why Kratos could not give an answer. Never cached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Kratos answered 429.
+    #[error("kratos rate limited the whoami call")]
+    RateLimited {
+        /// Kratos' `Retry-After`, passed through.
+        retry_after: Option<String>,
+    },
+    /// Kratos failed, timed out, was unreachable or sent an undecodable answer.
+    #[error("kratos unavailable: {0}")]
+    Unavailable(&'static str),
+    /// Too many whoami calls in flight for longer than the queue timeout.
+    #[error("too many whoami calls in flight")]
+    Overloaded,
+}
+
+/// Trace context and request id to propagate to Kratos.
+#[derive(Debug, Clone, Default)]
+pub struct LookupContext {
+    /// `x-request-id` of the checked request.
+    pub request_id: Option<String>,
+    /// W3C `traceparent` of the checked request (used when tracing export is off).
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+}
+
+/// Boxed future returned by [`SessionSource::lookup`].
+pub type LookupFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Answer, UpstreamError>> + Send + 'a>>;
+
+/// Something that can tell the session behind a credential.
+pub trait SessionSource: Send + Sync + 'static {
+    /// Looks the credential up.
+    fn lookup<'a>(&'a self, credential: &'a Credential, cx: &'a LookupContext) -> LookupFuture<'a>;
+}
+
+/// Turns a whoami session JSON into a [`Session`], applying the configured claim and header
+/// projections once, so that a cache hit does no JSON work.
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    /// claim name → JSON pointer.
+    pub claims: Vec<(String, String)>,
+    /// Embed the whole session under `session`.
+    pub include_session: bool,
+    /// header name → JSON pointer.
+    pub identity_headers: Vec<(Arc<str>, String)>,
+}
+
+/// Why a 200 whoami body could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectError {
+    /// Not JSON, or required fields missing.
+    Undecodable,
+    /// `active` is false or `expires_at` has passed.
+    Inactive,
+}
+
+impl Projection {
+    /// Builds a [`Session`] from whoami JSON.
+    pub fn apply(&self, body: &[u8], now: SystemTime) -> Result<Session, ProjectError> {
+        let raw: Value = serde_json::from_slice(body).map_err(|_| ProjectError::Undecodable)?;
+        let id = raw
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ProjectError::Undecodable)?;
+        let identity_id = raw
+            .pointer("/identity/id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ProjectError::Undecodable)?;
+        // Kratos omits `active` only for inactive sessions in some versions; absent = inactive.
+        if raw.get("active").and_then(Value::as_bool) != Some(true) {
+            return Err(ProjectError::Inactive);
+        }
+        let expires_at = raw
+            .get("expires_at")
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .ok_or(ProjectError::Undecodable)?;
+        let expires_at = SystemTime::from(expires_at.with_timezone(&chrono::Utc));
+        if expires_at <= now {
+            return Err(ProjectError::Inactive);
+        }
+        let aal = raw
+            .get("authenticator_assurance_level")
+            .and_then(Value::as_str)
+            .map(Aal::parse)
+            .unwrap_or(Aal::Aal1);
+
+        let mut extra = String::new();
+        for (name, pointer) in &self.claims {
+            if let Some(v) = raw.pointer(pointer) {
+                push_claim(&mut extra, name, v);
+            }
+        }
+        if self.include_session {
+            push_claim(&mut extra, "session", &raw);
+        }
+        let identity_headers = self
+            .identity_headers
+            .iter()
+            .filter_map(|(name, pointer)| {
+                let v = raw.pointer(pointer)?;
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => return None,
+                    other => other.to_string(),
+                };
+                // Must be a valid, single-line header value.
+                (!s.is_empty() && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+                    .then(|| (name.clone(), s.into_boxed_str()))
+            })
+            .collect();
+        Ok(Session {
+            id: id.to_owned(),
+            identity_id: identity_id.to_owned(),
+            aal,
+            expires_at,
+            extra_claims: extra.into_boxed_str(),
+            identity_headers,
+            tokens: TokenSlot::default(),
+        })
+    }
+}
+
+fn push_claim(out: &mut String, name: &str, value: &Value) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    // Serialising a string and a Value cannot fail.
+    out.push_str(&serde_json::to_string(name).unwrap_or_default());
+    out.push(':');
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(active: bool, expires: &str) -> Vec<u8> {
+        serde_json::json!({
+            "id": "s-1", "active": active, "expires_at": expires,
+            "authenticator_assurance_level": "aal2",
+            "identity": {"id": "i-1", "traits": {"email": "a@b.c", "n": 3, "bad": "x\ny"}}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn projection() -> Projection {
+        Projection {
+            claims: vec![
+                ("email".into(), "/identity/traits/email".into()),
+                ("missing".into(), "/nope".into()),
+            ],
+            include_session: false,
+            identity_headers: vec![
+                ("x-user-id".into(), "/identity/id".into()),
+                ("x-n".into(), "/identity/traits/n".into()),
+                ("x-bad".into(), "/identity/traits/bad".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn projects_claims_and_headers() {
+        let s = projection()
+            .apply(
+                &body(true, "2999-01-01T00:00:00.123456Z"),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.identity_id.as_str(), s.aal),
+            ("s-1", "i-1", Aal::Aal2)
+        );
+        assert_eq!(&*s.extra_claims, r#""email":"a@b.c""#);
+        let h: Vec<_> = s
+            .identity_headers
+            .iter()
+            .map(|(k, v)| (&**k, &**v))
+            .collect();
+        assert_eq!(h, vec![("x-user-id", "i-1"), ("x-n", "3")]);
+    }
+
+    #[test]
+    fn inactive_or_expired_is_refused() {
+        let p = projection();
+        assert_eq!(
+            p.apply(&body(false, "2999-01-01T00:00:00Z"), SystemTime::now())
+                .unwrap_err(),
+            ProjectError::Inactive
+        );
+        assert_eq!(
+            p.apply(&body(true, "2001-01-01T00:00:00Z"), SystemTime::now())
+                .unwrap_err(),
+            ProjectError::Inactive
+        );
+    }
+
+    #[test]
+    fn garbage_is_undecodable() {
+        let p = projection();
+        for b in [&b"{"[..], b"[]", b"{\"id\":\"x\"}", b"\xff\xfe"] {
+            assert_eq!(
+                p.apply(b, SystemTime::now()).unwrap_err(),
+                ProjectError::Undecodable
+            );
+        }
+    }
+}

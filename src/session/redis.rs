@@ -1,0 +1,697 @@
+//! Optional Redis layer for many replicas: a shared L2 session cache behind each replica's
+//! in-process cache, and an invalidation broadcast on a pub/sub channel.
+//!
+//! - Keys are the L1 keys (keyed BLAKE3 hashes with the shared `cache.key_secret`), hex-encoded
+//!   under `redis.key_prefix`; values carry only what rebuilds a [`Session`]: ids, AAL, expiry,
+//!   the pre-serialised claims and identity headers. Never a credential.
+//! - Every Redis call has a deadline (`redis.timeout`); a failure or timeout is counted, logged at
+//!   debug, and the lookup falls back to Kratos. Redis can never fail a check.
+//! - Invalidations delete the shared entries (through per-session and per-identity index sets)
+//!   and are published; every replica subscribes and drops matching L1 entries. Each
+//!   invalidation also leaves a short-lived tombstone in Redis, and entries are written by a Lua
+//!   script that refuses to write under a tombstone: a write of an answer fetched *before* the
+//!   invalidation that reaches Redis *after* it (a slow replica, a delayed task) cannot
+//!   resurrect the revoked session for the rest of its TTL. The subscriber
+//!   reconnects and resubscribes on its own; while it is not subscribed, this replica is
+//!   *degraded*: L1 entries are trusted for at most `redis.degraded_ttl`, so revocations
+//!   published meanwhile still take effect within that bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use super::cache::CacheKey;
+use super::{Aal, Outcome, Session};
+use crate::config::RedisConfig;
+use crate::telemetry::{Metrics, RedisLabels};
+use crate::token::TokenSlot;
+
+/// An invalidation, as broadcast between replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Invalidation {
+    /// One credential (its cache key, hex).
+    Key(String),
+    /// One Kratos session.
+    Session(String),
+    /// One Kratos identity.
+    Identity(String),
+    /// Everything.
+    All,
+}
+
+/// What is stored in Redis for one credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    /// `a` active session, `n` no session.
+    o: char,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    sid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    iid: String,
+    #[serde(default)]
+    aal: u8,
+    /// Session `expires_at`, unix ms.
+    #[serde(default)]
+    exp: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    claims: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hdrs: Vec<(String, String)>,
+    /// Usable until, unix ms.
+    until: u64,
+    /// Fresh until, unix ms.
+    fresh: u64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+impl Stored {
+    /// Encodes an outcome with its wall-clock freshness bounds.
+    pub(crate) fn new(
+        outcome: &Outcome,
+        fresh_for: Duration,
+        usable_for: Duration,
+    ) -> Option<Stored> {
+        let now = SystemTime::now();
+        let (fresh, until) = (unix_ms(now + fresh_for), unix_ms(now + usable_for));
+        match outcome {
+            Outcome::Active(s) => Some(Stored {
+                o: 'a',
+                sid: s.id.clone(),
+                iid: s.identity_id.clone(),
+                aal: s.aal as u8,
+                exp: unix_ms(s.expires_at),
+                claims: s.extra_claims.to_string(),
+                hdrs: s
+                    .identity_headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                until,
+                fresh,
+            }),
+            Outcome::Unauthenticated => Some(Stored {
+                o: 'n',
+                sid: String::new(),
+                iid: String::new(),
+                aal: 0,
+                exp: 0,
+                claims: String::new(),
+                hdrs: vec![],
+                until,
+                fresh,
+            }),
+            Outcome::StepUpRequired { .. } => None,
+        }
+    }
+
+    /// Rebuilds the outcome and its remaining (fresh, usable) durations; `None` when expired or
+    /// malformed.
+    pub(crate) fn decode(&self) -> Option<(Outcome, Duration, Duration)> {
+        let now = unix_ms(SystemTime::now());
+        if self.until <= now {
+            return None;
+        }
+        let usable = Duration::from_millis(self.until - now);
+        let fresh = Duration::from_millis(self.fresh.saturating_sub(now)).min(usable);
+        let outcome = match self.o {
+            'n' => Outcome::Unauthenticated,
+            'a' => {
+                if self.sid.is_empty() || self.iid.is_empty() || self.exp <= now {
+                    return None;
+                }
+                let aal = match self.aal {
+                    1 => Aal::Aal1,
+                    2 => Aal::Aal2,
+                    3 => Aal::Aal3,
+                    _ => Aal::Aal0,
+                };
+                // Claims must be a JSON object body; reject anything else rather than mint it.
+                if !self.claims.is_empty()
+                    && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&format!(
+                        "{{{}}}",
+                        self.claims
+                    ))
+                    .is_err()
+                {
+                    return None;
+                }
+                Outcome::Active(Arc::new(Session {
+                    id: self.sid.clone(),
+                    identity_id: self.iid.clone(),
+                    aal,
+                    expires_at: UNIX_EPOCH + Duration::from_millis(self.exp),
+                    extra_claims: self.claims.clone().into_boxed_str(),
+                    identity_headers: self
+                        .hdrs
+                        .iter()
+                        .filter(|(_, v)| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+                        .map(|(k, v)| (Arc::from(k.as_str()), v.clone().into_boxed_str()))
+                        .collect(),
+                    tokens: TokenSlot::default(),
+                }))
+            }
+            _ => return None,
+        };
+        Some((outcome, fresh, usable))
+    }
+}
+
+/// The shared cache and broadcast.
+pub struct SharedCache {
+    client: redis::Client,
+    conn: RwLock<Option<ConnectionManager>>,
+    prefix: String,
+    channel: String,
+    timeout: Duration,
+    subscribed: AtomicBool,
+    metrics: Arc<Metrics>,
+    /// How long an invalidation's tombstone blocks writes of the entries it covers.
+    tomb_window: Duration,
+    put_script: redis::Script,
+}
+
+/// Writes one entry and its index sets, unless a tombstone covers it.
+/// KEYS: entry, `ARGV[4]` tombstones, then index sets. ARGV: value, entry PX, index PX, n.
+const PUT_SCRIPT: &str = r"
+local n = tonumber(ARGV[4])
+for i = 2, n + 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = n + 2, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3], 'GT')
+  redis.call('PEXPIRE', KEYS[i], ARGV[3], 'NX')
+end
+return 1
+";
+
+impl std::fmt::Debug for SharedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("subscribed", &self.subscribed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(key: &CacheKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a hex cache key.
+pub fn unhex(s: &str) -> Option<CacheKey> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+impl SharedCache {
+    /// Prepares the client; connections are made (and remade) in the background.
+    /// `max_fetch` bounds how long a lookup may take (queue wait plus whoami deadline): an
+    /// invalidation's tombstone outlives any write of an answer fetched before it.
+    pub fn new(
+        config: &RedisConfig,
+        url: &str,
+        metrics: Arc<Metrics>,
+        max_fetch: Duration,
+    ) -> anyhow::Result<Arc<SharedCache>> {
+        use redis::IntoConnectionInfo;
+        // TCP_NODELAY: small request/response and pub/sub frames must not wait for delayed ACKs.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        Ok(Arc::new(SharedCache {
+            client,
+            conn: RwLock::new(None),
+            prefix: config.key_prefix.clone(),
+            channel: config.channel.clone(),
+            timeout: config.timeout,
+            subscribed: AtomicBool::new(false),
+            metrics,
+            tomb_window: max_fetch + config.timeout * 2 + Duration::from_secs(1),
+            put_script: redis::Script::new(PUT_SCRIPT),
+        }))
+    }
+
+    /// Is the invalidation subscription up?
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    fn count(&self, op: &'static str, result: &'static str) {
+        self.metrics
+            .redis_operations
+            .get_or_create(&RedisLabels { op, result })
+            .inc();
+    }
+
+    async fn connection(&self) -> Option<ConnectionManager> {
+        if let Some(c) = self.conn.read().await.as_ref() {
+            return Some(c.clone());
+        }
+        None
+    }
+
+    /// Keeps a command connection (ConnectionManager reconnects by itself once it exists).
+    async fn connect_loop(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.conn.read().await.is_some() {
+                return;
+            }
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            match self.client.get_connection_manager_with_config(config).await {
+                Ok(c) => {
+                    *self.conn.write().await = Some(c);
+                    tracing::info!("redis connected");
+                    return;
+                }
+                Err(e) => {
+                    self.count("connect", "error");
+                    tracing::warn!(error = %e, "redis unavailable; using the in-process cache and Kratos only");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Starts the background connection and the subscriber; `on_message` applies remote
+    /// invalidations to this replica's L1.
+    pub fn start(
+        self: &Arc<Self>,
+        on_message: Arc<dyn Fn(Invalidation) + Send + Sync>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        tokio::spawn(self.clone().connect_loop(stop.clone()));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match this.client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&this.channel).await {
+                        Ok(()) => {
+                            this.subscribed.store(true, Ordering::SeqCst);
+                            this.metrics.redis_subscribed.set(1);
+                            tracing::info!(channel = %this.channel, "subscribed to invalidations");
+                            delay = Duration::from_millis(100);
+                            let mut stream = pubsub.into_on_message();
+                            loop {
+                                tokio::select! {
+                                    _ = stop.cancelled() => return,
+                                    msg = stream.next() => match msg {
+                                        Some(msg) => match serde_json::from_slice::<Invalidation>(msg.get_payload_bytes()) {
+                                            Ok(inv) => on_message(inv),
+                                            Err(_) => this.count("message", "malformed"),
+                                        },
+                                        None => break,
+                                    }
+                                }
+                            }
+                            tracing::warn!(
+                                "invalidation subscription lost; shortening cache TTLs until it is back"
+                            );
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot subscribe to invalidations"),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "redis pub/sub unavailable"),
+                }
+                this.subscribed.store(false, Ordering::SeqCst);
+                this.metrics.redis_subscribed.set(0);
+                this.count("subscribe", "error");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    fn key(&self, key: &CacheKey) -> String {
+        format!("{}{}", self.prefix, hex(key))
+    }
+
+    /// Reads a shared entry; `None` on miss, error or timeout.
+    pub(crate) async fn get(&self, key: &CacheKey) -> Option<Stored> {
+        let mut conn = self.connection().await?;
+        let k = self.key(key);
+        match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(k)).await {
+            Ok(Ok(Some(bytes))) => match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(s) => {
+                    self.count("get", "hit");
+                    Some(s)
+                }
+                Err(_) => {
+                    self.count("get", "malformed");
+                    None
+                }
+            },
+            Ok(Ok(None)) => {
+                self.count("get", "miss");
+                None
+            }
+            Ok(Err(e)) => {
+                self.count("get", "error");
+                tracing::debug!(error = %e, "redis GET failed");
+                None
+            }
+            Err(_) => {
+                self.count("get", "timeout");
+                None
+            }
+        }
+    }
+
+    /// Writes a shared entry and indexes it by session and identity (in the background).
+    pub(crate) fn put(self: &Arc<Self>, key: CacheKey, stored: Stored, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.write(&key, &stored, ttl).await });
+    }
+
+    fn tomb(&self, kind: &str, id: &str) -> String {
+        format!("{}t:{kind}:{id}", self.prefix)
+    }
+
+    /// Writes a shared entry now, unless an invalidation covering it happened within the
+    /// tombstone window. Returns whether it was written.
+    pub(crate) async fn write(&self, key: &CacheKey, stored: &Stored, ttl: Duration) -> bool {
+        let Some(mut conn) = self.connection().await else {
+            return false;
+        };
+        let Ok(value) = serde_json::to_vec(stored) else {
+            return false;
+        };
+        let k = self.key(key);
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut tombs = vec![self.tomb("k", &hex(key)), format!("{}t:all", self.prefix)];
+        let mut indexes = Vec::new();
+        if stored.o == 'a' {
+            tombs.push(self.tomb("s", &stored.sid));
+            tombs.push(self.tomb("i", &stored.iid));
+            indexes.push(format!("{}s:{}", self.prefix, stored.sid));
+            indexes.push(format!("{}i:{}", self.prefix, stored.iid));
+        }
+        let mut inv = self.put_script.prepare_invoke();
+        inv.key(&k);
+        for t in &tombs {
+            inv.key(t);
+        }
+        for i in &indexes {
+            inv.key(i);
+        }
+        // Index sets outlive their longest member a little; members may be stale.
+        inv.arg(value).arg(ms).arg(ms + 60_000).arg(tombs.len());
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(1)) => {
+                self.count("set", "ok");
+                true
+            }
+            Ok(Ok(_)) => {
+                self.count("set", "tombstoned");
+                false
+            }
+            Ok(Err(e)) => {
+                self.count("set", "error");
+                tracing::debug!(error = %e, "redis SET failed");
+                false
+            }
+            Err(_) => {
+                self.count("set", "timeout");
+                false
+            }
+        }
+    }
+
+    /// Deletes the shared entries an invalidation covers and publishes it to every replica.
+    pub async fn broadcast(&self, inv: &Invalidation) {
+        let Some(mut conn) = self.connection().await else {
+            self.count("publish", "error");
+            return;
+        };
+        let window = self.tomb_window.as_millis().max(1) as u64;
+        let tomb = match inv {
+            Invalidation::Key(hex_key) => self.tomb("k", hex_key),
+            Invalidation::Session(id) => self.tomb("s", id),
+            Invalidation::Identity(id) => self.tomb("i", id),
+            Invalidation::All => format!("{}t:all", self.prefix),
+        };
+        let tombs = format!("{}t:", self.prefix);
+        let work = async {
+            // Tombstone first: from here on no write of a covered entry lands, so the deletes
+            // below are final.
+            let _: () = redis::cmd("SET")
+                .arg(&tomb)
+                .arg(1)
+                .arg("PX")
+                .arg(window)
+                .query_async(&mut conn)
+                .await?;
+            match inv {
+                Invalidation::Key(hex_key) => {
+                    let _: () = conn.del(format!("{}{hex_key}", self.prefix)).await?;
+                }
+                Invalidation::Session(id) | Invalidation::Identity(id) => {
+                    let idx = match inv {
+                        Invalidation::Session(_) => format!("{}s:{id}", self.prefix),
+                        _ => format!("{}i:{id}", self.prefix),
+                    };
+                    let keys: Vec<String> = conn.smembers(&idx).await?;
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("DEL").arg(k).ignore();
+                    }
+                    pipe.cmd("DEL").arg(&idx).ignore();
+                    pipe.query_async::<()>(&mut conn).await?;
+                }
+                Invalidation::All => {
+                    let mut cursor: u64 = 0;
+                    // Bounded: at most 10,000 SCAN rounds.
+                    for _ in 0..10_000 {
+                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(format!("{}*", self.prefix))
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn)
+                            .await?;
+                        let keys: Vec<String> = keys
+                            .into_iter()
+                            .filter(|k| !k.starts_with(&tombs))
+                            .collect();
+                        if !keys.is_empty() {
+                            let _: () = conn.del(keys).await?;
+                        }
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            let payload = serde_json::to_string(inv).unwrap_or_default();
+            let _: () = conn.publish(&self.channel, payload).await?;
+            Ok::<(), redis::RedisError>(())
+        };
+        match tokio::time::timeout(self.timeout * 4, work).await {
+            Ok(Ok(())) => self.count("publish", "ok"),
+            Ok(Err(e)) => {
+                self.count("publish", "error");
+                tracing::warn!(error = %e, "cannot broadcast an invalidation; other replicas rely on their TTL");
+            }
+            Err(_) => {
+                self.count("publish", "timeout");
+                tracing::warn!(
+                    "timed out broadcasting an invalidation; other replicas rely on their TTL"
+                );
+            }
+        }
+    }
+}
+
+/// Hex form of a cache key, for [`Invalidation::Key`].
+pub fn key_hex(key: &CacheKey) -> String {
+    hex(key)
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/redis.rs"]
+mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active(sid: &str, iid: &str) -> Stored {
+        let s = Session {
+            id: sid.into(),
+            identity_id: iid.into(),
+            aal: Aal::Aal1,
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+            extra_claims: "".into(),
+            identity_headers: vec![],
+            tokens: TokenSlot::default(),
+        };
+        Stored::new(
+            &Outcome::Active(Arc::new(s)),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    /// A real redis-server: a write of an answer fetched before an invalidation, landing after
+    /// it (a slow replica), must not resurrect the entry; once the window is over, writes land.
+    #[tokio::test]
+    async fn late_writes_cannot_resurrect_invalidated_entries() {
+        let server = super::redis_server::Redis::start().await;
+        let config = RedisConfig {
+            timeout: Duration::from_millis(200),
+            ..RedisConfig::default()
+        };
+        // Window: 0 + 2 × 200 ms + 1 s.
+        let shared =
+            SharedCache::new(&config, &server.url(), Metrics::new(), Duration::ZERO).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        shared.start(Arc::new(|_| {}), stop.clone());
+        for _ in 0..200 {
+            if shared.subscribed() && shared.connection().await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(shared.subscribed(), "not connected to redis-server");
+        let ttl = Duration::from_secs(60);
+        let (k1, k2, k3, k4) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
+
+        assert!(shared.write(&k1, &active("s1", "i1"), ttl).await);
+        assert!(shared.get(&k1).await.is_some());
+        shared.broadcast(&Invalidation::Session("s1".into())).await;
+        assert!(shared.get(&k1).await.is_none(), "invalidation deletes");
+        assert!(
+            !shared.write(&k1, &active("s1", "i1"), ttl).await,
+            "a late write of the revoked session is refused"
+        );
+        assert!(shared.get(&k1).await.is_none());
+        // Other sessions are not affected.
+        assert!(shared.write(&k2, &active("s2", "i2"), ttl).await);
+
+        shared.broadcast(&Invalidation::Identity("i2".into())).await;
+        assert!(shared.get(&k2).await.is_none());
+        assert!(!shared.write(&k3, &active("s3", "i2"), ttl).await);
+
+        let none = Stored::new(&Outcome::Unauthenticated, ttl, ttl).unwrap();
+        shared.broadcast(&Invalidation::Key(hex(&k4))).await;
+        assert!(!shared.write(&k4, &none, ttl).await);
+        assert!(
+            shared.write(&k3, &none, ttl).await,
+            "other keys are written"
+        );
+
+        shared.broadcast(&Invalidation::All).await;
+        assert!(shared.get(&k3).await.is_none(), "everything is deleted");
+        assert!(!shared.write(&k2, &active("s9", "i9"), ttl).await);
+        let mut conn = shared.connection().await.unwrap();
+        let tomb: bool = conn.exists("sessiongate:t:s:s1").await.unwrap();
+        assert!(tomb, "invalidating everything keeps the other tombstones");
+
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        assert!(
+            shared.write(&k1, &active("s1", "i1"), ttl).await,
+            "tombstones expire after the window"
+        );
+        assert!(shared.get(&k1).await.is_some());
+        stop.cancel();
+    }
+
+    #[test]
+    fn stored_round_trip_and_rejects_garbage() {
+        let s = Session {
+            id: "s".into(),
+            identity_id: "i".into(),
+            aal: Aal::Aal2,
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+            extra_claims: r#""email":"a@b""#.into(),
+            identity_headers: vec![("x-user-id".into(), "i".into())],
+            tokens: TokenSlot::default(),
+        };
+        let st = Stored::new(
+            &Outcome::Active(Arc::new(s)),
+            Duration::from_secs(45),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let json = serde_json::to_string(&st).unwrap();
+        let back: Stored = serde_json::from_str(&json).unwrap();
+        let (o, fresh, usable) = back.decode().unwrap();
+        let Outcome::Active(s) = o else { panic!() };
+        assert_eq!(
+            (s.id.as_str(), s.identity_id.as_str(), s.aal),
+            ("s", "i", Aal::Aal2)
+        );
+        assert_eq!(&*s.extra_claims, r#""email":"a@b""#);
+        assert!(fresh <= usable && usable <= Duration::from_secs(60));
+        let mut bad = back.clone();
+        bad.claims = "\"a\":1}, {\"x\"".into();
+        assert!(bad.decode().is_none());
+        let mut expired = back.clone();
+        expired.until = 1;
+        assert!(expired.decode().is_none());
+        assert!(
+            Stored::new(
+                &Outcome::StepUpRequired {
+                    redirect_browser_to: None
+                },
+                Duration::ZERO,
+                Duration::ZERO
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn invalidation_wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Invalidation::Session("x".into())).unwrap(),
+            r#"{"kind":"session","id":"x"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Invalidation::All).unwrap(),
+            r#"{"kind":"all"}"#
+        );
+        let k = [7u8; 32];
+        assert_eq!(unhex(&hex(&k)), Some(k));
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,314 @@
+//! JWT minting: claims from the session, the signing key held ready, and minted tokens cached per
+//! session and audience, re-minted when less than 10 % of their lifetime remains (as Oathkeeper's
+//! `id_token` mutator does).
+
+pub mod keys;
+pub mod reload;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+pub use keys::{KeyError, KeySet};
+
+use crate::config::JwtConfig;
+use crate::session::Session;
+use crate::telemetry::Metrics;
+
+/// A minted token, as the ready-to-send header value `Bearer <jwt>`.
+#[derive(Debug, Clone)]
+struct Minted {
+    audience: Option<Arc<str>>,
+    header_value: Arc<str>,
+    iat: u64,
+    exp: u64,
+    generation: u64,
+}
+
+/// Per-session store of minted tokens (one per audience variant; a handful at most).
+#[derive(Debug, Default)]
+pub struct TokenSlot {
+    minted: Mutex<Vec<Minted>>,
+}
+
+impl TokenSlot {
+    /// Approximate heap bytes, for cache weighing.
+    pub fn weight(&self) -> usize {
+        self.minted
+            .lock()
+            .map(|m| m.iter().map(|t| t.header_value.len() + 64).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The session has already ended.
+    #[error("session has ended")]
+    SessionEnded,
+    /// Signing failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+struct Signer {
+    keys: KeySet,
+    header_b64: String,
+    public_jwks: Arc<str>,
+}
+
+/// Mints JWTs for sessions.
+pub struct Minter {
+    signer: RwLock<Arc<Signer>>,
+    generation: AtomicU64,
+    issuer_json: String,
+    default_audience_json: Option<String>,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn audience_json(audience: &[String]) -> Option<String> {
+    match audience {
+        [] => None,
+        [one] => Some(serde_json::to_string(one).unwrap_or_default()),
+        many => Some(serde_json::to_string(many).unwrap_or_default()),
+    }
+}
+
+impl Signer {
+    fn new(keys: KeySet) -> Signer {
+        let header = serde_json::json!({"alg": keys.signing.alg.as_str(), "kid": keys.signing.kid, "typ": "JWT"});
+        Signer {
+            header_b64: B64.encode(header.to_string()),
+            public_jwks: keys.public_jwks().to_string().into(),
+            keys,
+        }
+    }
+}
+
+impl Minter {
+    /// Builds a minter around loaded keys.
+    pub fn new(config: &JwtConfig, keys: KeySet, metrics: Arc<Metrics>) -> Minter {
+        Minter {
+            signer: RwLock::new(Arc::new(Signer::new(keys))),
+            generation: AtomicU64::new(0),
+            issuer_json: serde_json::to_string(&config.issuer).unwrap_or_default(),
+            default_audience_json: audience_json(&config.audience),
+            ttl: config.ttl,
+            metrics,
+        }
+    }
+
+    /// Replaces the keys (key rotation); tokens minted with the old signing key are re-minted.
+    pub fn replace_keys(&self, keys: KeySet) {
+        let signer = Arc::new(Signer::new(keys));
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = signer;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The public JWKS document.
+    pub fn public_jwks(&self) -> Arc<str> {
+        self.signer().public_jwks.clone()
+    }
+
+    /// The `kid` tokens are signed with now.
+    pub fn signing_kid(&self) -> String {
+        self.signer().keys.signing.kid.clone()
+    }
+
+    /// `Bearer <jwt>` for the session and audience (`None`: the configured default), reusing a
+    /// cached token while more than 10 % of its lifetime remains.
+    pub fn header_value(
+        &self,
+        session: &Session,
+        audience: Option<&str>,
+    ) -> Result<Arc<str>, MintError> {
+        let now = SystemTime::now();
+        let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let generation = self.generation.load(Ordering::SeqCst);
+        {
+            let minted = session
+                .tokens
+                .minted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = minted.iter().find(|t| t.audience.as_deref() == audience) {
+                let lifetime = t.exp.saturating_sub(t.iat);
+                if t.generation == generation && t.exp > now_s && (t.exp - now_s) * 10 > lifetime {
+                    return Ok(t.header_value.clone());
+                }
+            }
+        }
+        let session_end = session
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let exp = (now_s + self.ttl.as_secs()).min(session_end);
+        if exp <= now_s {
+            return Err(MintError::SessionEnded);
+        }
+        let jwt = self.sign(session, audience, now_s, exp)?;
+        let header_value: Arc<str> = format!("Bearer {jwt}").into();
+        let mut minted = session
+            .tokens
+            .minted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        minted.retain(|t| t.audience.as_deref() != audience);
+        minted.push(Minted {
+            audience: audience.map(Into::into),
+            header_value: header_value.clone(),
+            iat: now_s,
+            exp,
+            generation,
+        });
+        Ok(header_value)
+    }
+
+    fn sign(
+        &self,
+        session: &Session,
+        audience: Option<&str>,
+        iat: u64,
+        exp: u64,
+    ) -> Result<String, MintError> {
+        let signer = self.signer();
+        let mut claims = String::with_capacity(256 + session.extra_claims.len());
+        claims.push_str("{\"iss\":");
+        claims.push_str(&self.issuer_json);
+        claims.push_str(",\"sub\":");
+        claims.push_str(&serde_json::to_string(&session.identity_id).unwrap_or_default());
+        let aud = match audience {
+            Some(a) => Some(serde_json::to_string(a).unwrap_or_default()),
+            None => self.default_audience_json.clone(),
+        };
+        if let Some(aud) = aud {
+            claims.push_str(",\"aud\":");
+            claims.push_str(&aud);
+        }
+        claims.push_str(&format!(
+            ",\"iat\":{iat},\"nbf\":{iat},\"exp\":{exp},\"jti\":\"{}\",\"sid\":",
+            uuid::Uuid::new_v4()
+        ));
+        claims.push_str(&serde_json::to_string(&session.id).unwrap_or_default());
+        claims.push_str(&format!(",\"aal\":\"{}\"", session.aal.as_str()));
+        if !session.extra_claims.is_empty() {
+            claims.push(',');
+            claims.push_str(&session.extra_claims);
+        }
+        claims.push('}');
+        let mut jwt = String::with_capacity(signer.header_b64.len() + claims.len() * 4 / 3 + 400);
+        jwt.push_str(&signer.header_b64);
+        jwt.push('.');
+        B64.encode_string(claims.as_bytes(), &mut jwt);
+        let sig = signer.keys.signing.sign(jwt.as_bytes())?;
+        jwt.push('.');
+        B64.encode_string(sig, &mut jwt);
+        self.metrics.jwt_mints.inc();
+        Ok(jwt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Algorithm;
+    use crate::session::Aal;
+
+    fn session(expires_in: u64) -> Session {
+        Session {
+            id: "sid-1".into(),
+            identity_id: "id-1".into(),
+            aal: Aal::Aal1,
+            expires_at: SystemTime::now() + Duration::from_secs(expires_in),
+            extra_claims: r#""email":"a@b.c""#.into(),
+            identity_headers: vec![],
+            tokens: TokenSlot::default(),
+        }
+    }
+
+    fn minter() -> Minter {
+        let (keys, _) = KeySet::generate(Algorithm::ES256, Some("k1".into())).unwrap();
+        let config = JwtConfig {
+            audience: vec!["app".into()],
+            ..JwtConfig::default()
+        };
+        Minter::new(&config, keys, Metrics::new())
+    }
+
+    fn claims(header_value: &str) -> serde_json::Value {
+        let jwt = header_value.strip_prefix("Bearer ").unwrap();
+        let part = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(&B64.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn claims_and_reuse() {
+        let m = minter();
+        let s = session(3600);
+        let a = m.header_value(&s, None).unwrap();
+        let c = claims(&a);
+        assert_eq!(c["sub"], "id-1");
+        assert_eq!(c["sid"], "sid-1");
+        assert_eq!(c["aud"], "app");
+        assert_eq!(c["email"], "a@b.c");
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 300);
+        assert!(
+            Arc::ptr_eq(&a, &m.header_value(&s, None).unwrap()),
+            "cached"
+        );
+        let b = m.header_value(&s, Some("admin")).unwrap();
+        assert_eq!(claims(&b)["aud"], "admin");
+        assert!(
+            Arc::ptr_eq(&a, &m.header_value(&s, None).unwrap()),
+            "per audience"
+        );
+    }
+
+    #[test]
+    fn exp_never_past_session_and_reminted_near_end() {
+        let m = minter();
+        let s = session(20);
+        let a = m.header_value(&s, None).unwrap();
+        let c = claims(&a);
+        let end = s.expires_at.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(c["exp"].as_u64().unwrap(), end);
+        let ended = session(0);
+        assert!(matches!(
+            m.header_value(&ended, None),
+            Err(MintError::SessionEnded)
+        ));
+    }
+
+    #[test]
+    fn key_replacement_re_mints() {
+        let m = minter();
+        let s = session(3600);
+        let a = m.header_value(&s, None).unwrap();
+        let (keys, _) = KeySet::generate(Algorithm::EdDSA, Some("k2".into())).unwrap();
+        m.replace_keys(keys);
+        let b = m.header_value(&s, None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(m.signing_kid(), "k2");
+    }
+}
