@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Build / start / stop a real Ory Kratos for sessiongate's integration tests.
+#
+#   scripts/kratos.sh build   -> builds (or reuses) the pinned kratos binary; last stdout line = binary path
+#   scripts/kratos.sh start   -> builds if needed, migrates a fresh SQLite DB, serves on loopback, waits for ready
+#   scripts/kratos.sh stop    -> stops the instance started by `start`
+#   scripts/kratos.sh status  -> prints whether it runs
+#
+# Env: SESSIONGATE_KRATOS_BIN (use this binary, skip the build),
+#      SESSIONGATE_CACHE_DIR (default ~/.cache/sessiongate), KRATOS_VERSION (default: the pin below),
+#      KRATOS_PUBLIC_PORT (4433), KRATOS_ADMIN_PORT (4434), KRATOS_RUN_DIR (default $CACHE/run),
+#      KRATOS_READY_TIMEOUT (60 s).
+set -euo pipefail
+
+# Pinned version. v1.3.1 is the newest tag the Go module proxy lists for github.com/ory/kratos
+# (newer year-based releases are not published as Go module versions there).
+KRATOS_VERSION="${KRATOS_VERSION:-v1.3.1}"
+KRATOS_MODULE="github.com/ory/kratos"
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE_DIR="${SESSIONGATE_CACHE_DIR:-$HOME/.cache/sessiongate}"
+BIN_DIR="$CACHE_DIR/kratos-$KRATOS_VERSION"
+BIN="$BIN_DIR/kratos"
+CONFIG="$REPO_ROOT/tests/kratos/kratos.yml"
+PUBLIC_PORT="${KRATOS_PUBLIC_PORT:-4433}"
+ADMIN_PORT="${KRATOS_ADMIN_PORT:-4434}"
+RUN_DIR="${KRATOS_RUN_DIR:-$CACHE_DIR/run}"
+PID_FILE="$RUN_DIR/kratos.pid"
+READY_TIMEOUT="${KRATOS_READY_TIMEOUT:-60}"
+
+log() { echo "kratos.sh: $*" >&2; }
+
+cmd_build() {
+  if [[ -n "${SESSIONGATE_KRATOS_BIN:-}" ]]; then
+    [[ -x "$SESSIONGATE_KRATOS_BIN" ]] || { log "SESSIONGATE_KRATOS_BIN=$SESSIONGATE_KRATOS_BIN is not executable"; exit 1; }
+    log "using SESSIONGATE_KRATOS_BIN"
+    echo "$SESSIONGATE_KRATOS_BIN"
+    return 0
+  fi
+  if [[ -x "$BIN" ]]; then
+    log "cached $BIN"
+    echo "$BIN"
+    return 0
+  fi
+  mkdir -p "$CACHE_DIR"
+  # Several test binaries may ask for a build at once: serialise, then re-check the cache.
+  if command -v flock >/dev/null; then
+    exec 9>"$CACHE_DIR/kratos-build.lock"
+    flock 9
+    if [[ -x "$BIN" ]]; then
+      log "cached $BIN (built by a concurrent run)"
+      echo "$BIN"
+      return 0
+    fi
+  fi
+  command -v go >/dev/null || { log "go not found in PATH"; exit 1; }
+  command -v gcc >/dev/null || { log "gcc not found (CGO sqlite needs a C compiler)"; exit 1; }
+  log "downloading $KRATOS_MODULE@$KRATOS_VERSION via the Go module proxy"
+  local json dir
+  if ! json="$(go mod download -json "$KRATOS_MODULE@$KRATOS_VERSION")"; then
+    log "go mod download failed: $json"
+    exit 1
+  fi
+  dir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -n "$dir" && -d "$dir" ]] || { log "could not find module dir in: $json"; exit 1; }
+
+  # `go install mod@ver` refuses modules with replace directives, so build in a writable copy.
+  local work
+  work="$(mktemp -d "$CACHE_DIR/kratos-src.XXXXXX")"
+  trap 'chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"' RETURN
+  cp -r "$dir" "$work/src"
+  chmod -R u+w "$work/src"
+  log "building in $work/src (CGO_ENABLED=1 -tags sqlite); a cold build takes several minutes"
+  local start=$SECONDS
+  (
+    cd "$work/src"
+    # GOTOOLCHAIN=local: use the installed Go even though go.mod names toolchain go1.23.2.
+    # GOFLAGS=-mod=mod: let go resolve go.sum-listed deps through the proxy.
+    GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS=-mod=mod \
+      go build -tags sqlite -trimpath -ldflags "-s -w -X github.com/ory/kratos/driver/config.Version=$KRATOS_VERSION" \
+      -o "$work/kratos" .
+  ) >&2
+  mkdir -p "$BIN_DIR"
+  mv "$work/kratos" "$BIN.tmp.$$"
+  mv "$BIN.tmp.$$" "$BIN"
+  log "built $BIN in $((SECONDS - start)) s"
+  echo "$BIN"
+}
+
+is_running() {
+  [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+}
+
+cmd_start() {
+  if is_running; then
+    log "already running (pid $(cat "$PID_FILE"))"; exit 1
+  fi
+  local bin
+  bin="$(cmd_build | tail -n1)"
+  mkdir -p "$RUN_DIR"
+  local db="$RUN_DIR/kratos.sqlite"
+  rm -f "$db" "$db-wal" "$db-shm"
+  export DSN="sqlite://$db?_fk=true&mode=rwc"
+  export SERVE_PUBLIC_PORT="$PUBLIC_PORT" SERVE_PUBLIC_HOST=127.0.0.1
+  export SERVE_ADMIN_PORT="$ADMIN_PORT" SERVE_ADMIN_HOST=127.0.0.1
+  export SERVE_PUBLIC_BASE_URL="http://127.0.0.1:$PUBLIC_PORT/"
+  export SERVE_ADMIN_BASE_URL="http://127.0.0.1:$ADMIN_PORT/"
+  export LOG_LEVEL="${LOG_LEVEL:-info}"
+  export IDENTITY_SCHEMAS="[{\"id\":\"default\",\"url\":\"file://$REPO_ROOT/tests/kratos/identity.schema.json\"}]"
+  log "migrating $db"
+  "$bin" migrate sql -e --yes --config "$CONFIG" >"$RUN_DIR/migrate.log" 2>&1 \
+    || { tail -n 30 "$RUN_DIR/migrate.log" >&2; exit 1; }
+  log "starting kratos (log: $RUN_DIR/kratos.log)"
+  nohup "$bin" serve --config "$CONFIG" --dev --sqa-opt-out >"$RUN_DIR/kratos.log" 2>&1 &
+  echo $! >"$PID_FILE"
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until curl -fsSL "http://127.0.0.1:$ADMIN_PORT/health/ready" >/dev/null 2>&1; do
+    if ! is_running; then log "kratos exited:"; tail -n 30 "$RUN_DIR/kratos.log" >&2; rm -f "$PID_FILE"; exit 1; fi
+    if (( SECONDS >= deadline )); then log "not ready after ${READY_TIMEOUT}s"; tail -n 30 "$RUN_DIR/kratos.log" >&2; cmd_stop; exit 1; fi
+    sleep 0.2
+  done
+  echo "public: http://127.0.0.1:$PUBLIC_PORT"
+  echo "admin:  http://127.0.0.1:$ADMIN_PORT"
+  echo "pid:    $(cat "$PID_FILE") ($PID_FILE)"
+}
+
+cmd_stop() {
+  if ! [[ -f "$PID_FILE" ]]; then log "not running (no pid file)"; return 0; fi
+  local pid; pid="$(cat "$PID_FILE")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" || true
+    log "stopped pid $pid"
+  fi
+  rm -f "$PID_FILE"
+}
+
+cmd_status() {
+  if is_running; then echo "running (pid $(cat "$PID_FILE"))"; else echo "not running"; fi
+}
+
+case "${1:-}" in
+  build) cmd_build ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 {build|start|stop|status}" >&2; exit 2 ;;
+esac
