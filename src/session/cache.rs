@@ -100,31 +100,93 @@ enum Tomb {
     Identity(Box<str>),
 }
 
+/// A 128-bit hash of a session or identity id: the index keys, inline (no allocation per entry).
+/// A collision would only make an invalidation drop one more entry (one extra whoami call).
+type IdHash = u128;
+
+fn id_hash(id: &str) -> IdHash {
+    let h = blake3::hash(id.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(b)
+}
+
+/// The cache keys of one session or identity: almost always one, kept inline.
+#[derive(Debug, Clone)]
+enum Keys {
+    One(CacheKey),
+    Many(Vec<CacheKey>),
+}
+
+impl Keys {
+    fn add(&mut self, key: CacheKey) {
+        match self {
+            Keys::One(k) if *k == key => {}
+            Keys::One(k) => *self = Keys::Many(vec![*k, key]),
+            Keys::Many(v) if !v.contains(&key) => v.push(key),
+            Keys::Many(_) => {}
+        }
+    }
+
+    /// Removes `key`; true when no key is left.
+    fn remove(&mut self, key: &CacheKey) -> bool {
+        match self {
+            Keys::One(k) => k == key,
+            Keys::Many(v) => {
+                v.retain(|k| k != key);
+                if let [only] = v.as_slice() {
+                    *self = Keys::One(*only);
+                    return false;
+                }
+                v.is_empty()
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<CacheKey> {
+        match self {
+            Keys::One(k) => vec![*k],
+            Keys::Many(v) => v.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
-    by_session: HashMap<Box<str>, Vec<CacheKey>>,
-    by_identity: HashMap<Box<str>, Vec<CacheKey>>,
+    by_session: HashMap<IdHash, Keys>,
+    by_identity: HashMap<IdHash, Keys>,
 }
 
 impl Index {
     fn add(&mut self, key: CacheKey, sid: &str, iid: &str) {
         for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
-            let keys = map.entry(id.into()).or_default();
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+            map.entry(id_hash(id))
+                .and_modify(|keys| keys.add(key))
+                .or_insert(Keys::One(key));
         }
     }
 
     fn remove(&mut self, key: &CacheKey, sid: &str, iid: &str) {
         for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
-            if let Some(keys) = map.get_mut(id) {
-                keys.retain(|k| k != key);
-                if keys.is_empty() {
-                    map.remove(id);
-                }
+            let h = id_hash(id);
+            if map.get_mut(&h).is_some_and(|keys| keys.remove(key)) {
+                map.remove(&h);
             }
         }
+    }
+
+    fn session(&self, id: &str) -> Vec<CacheKey> {
+        self.by_session
+            .get(&id_hash(id))
+            .map(Keys::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn identity(&self, id: &str) -> Vec<CacheKey> {
+        self.by_identity
+            .get(&id_hash(id))
+            .map(Keys::to_vec)
+            .unwrap_or_default()
     }
 }
 
@@ -560,11 +622,7 @@ impl SessionCache {
 
     async fn invalidate_session_local(&self, session_id: &str) -> u64 {
         self.bury(Tomb::Session(session_id.into()));
-        let keys = lock(&self.inner.index)
-            .by_session
-            .get(session_id)
-            .cloned()
-            .unwrap_or_default();
+        let keys = lock(&self.inner.index).session(session_id);
         self.count_invalidation("session");
         self.remove_keys(keys).await
     }
@@ -579,11 +637,7 @@ impl SessionCache {
 
     async fn invalidate_identity_local(&self, identity_id: &str) -> u64 {
         self.bury(Tomb::Identity(identity_id.into()));
-        let keys = lock(&self.inner.index)
-            .by_identity
-            .get(identity_id)
-            .cloned()
-            .unwrap_or_default();
+        let keys = lock(&self.inner.index).identity(identity_id);
         self.count_invalidation("identity");
         self.remove_keys(keys).await
     }
@@ -931,6 +985,26 @@ mod tests {
             assert!(get(&c, "a").await.is_err());
             // 429 is not an error stale_if_error covers.
         }
+    }
+
+    #[test]
+    fn the_index_keeps_every_key_of_a_session_and_forgets_removed_ones() {
+        let mut ix = Index::default();
+        let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        ix.add(k1, "s1", "i1");
+        ix.add(k1, "s1", "i1");
+        assert_eq!(ix.session("s1"), vec![k1], "adding twice keeps one");
+        ix.add(k2, "s1", "i1");
+        ix.add(k3, "s3", "i1");
+        assert_eq!(ix.session("s1"), vec![k1, k2]);
+        assert_eq!(ix.identity("i1"), vec![k1, k2, k3]);
+        assert!(ix.session("s2").is_empty());
+        ix.remove(&k1, "s1", "i1");
+        assert_eq!(ix.session("s1"), vec![k2]);
+        assert_eq!(ix.identity("i1"), vec![k2, k3]);
+        ix.remove(&k2, "s1", "i1");
+        ix.remove(&k3, "s3", "i1");
+        assert!(ix.by_session.is_empty() && ix.by_identity.is_empty());
     }
 
     #[tokio::test]
