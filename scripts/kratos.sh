@@ -100,7 +100,8 @@ cmd_start() {
   mkdir -p "$RUN_DIR"
   local db="$RUN_DIR/kratos.sqlite"
   rm -f "$db" "$db-wal" "$db-shm"
-  export DSN="sqlite://$db?_fk=true&mode=rwc"
+  # _busy_timeout: concurrent writers wait for the SQLite lock instead of failing with 500s.
+  export DSN="sqlite://$db?_fk=true&mode=rwc&_busy_timeout=10000"
   export SERVE_PUBLIC_PORT="$PUBLIC_PORT" SERVE_PUBLIC_HOST=127.0.0.1
   export SERVE_ADMIN_PORT="$ADMIN_PORT" SERVE_ADMIN_HOST=127.0.0.1
   export SERVE_PUBLIC_BASE_URL="http://127.0.0.1:$PUBLIC_PORT/"

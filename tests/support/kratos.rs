@@ -121,7 +121,7 @@ impl KratosHarness {
         let public_url = format!("http://127.0.0.1:{public_port}");
         let admin_url = format!("http://127.0.0.1:{admin_port}");
         let dsn = format!(
-            "sqlite://{}?_fk=true&mode=rwc",
+            "sqlite://{}?_fk=true&mode=rwc&_busy_timeout=10000",
             dir.path().join("kratos.sqlite").display()
         );
         let schemas = json!([{ "id": "default", "url": format!("file://{}", schema.display()) }]);
