@@ -214,8 +214,9 @@ if (( SOAK )); then
   start_sg sg-soak "$SG_GRPC" "$SG_HTTP" "http://127.0.0.1:$FK_FAST" \
     SESSIONGATE_CACHE__TTL=30s SESSIONGATE_CACHE__REFRESH_AFTER=20s
   SOAK_PID=$LAST_PID
+  # Max throughput with the soak's own mix (Zipf over a population with misses), not one hot key.
   load soak-max --grpc "http://127.0.0.1:$SG_GRPC" --connections "$CONNS" --concurrency "$CONC" \
-    --warmup "$WARM" --duration "$DUR" --dist same --prefix valid-soakmax- --min-ok-ratio 0.99
+    --warmup "$WARM" --duration "$DUR" --dist zipf --keys "$SOAK_KEYS" --prefix valid-soak0- --min-ok-ratio 0.99
   SOAK_RATE=$(python3 -c "print(max(100, int($(jget soak-max "d['rps']") * 0.5)))")
   UNKNOWN_RATE=$(python3 -c "print(max(5, int($SOAK_RATE * 0.05)))")
   note soak "{\"rate\": $SOAK_RATE, \"unknown_rate\": $UNKNOWN_RATE, \"phases\": $PHASES, \"phase_s\": $SOAK_PHASE, \"keys_per_phase\": $SOAK_KEYS}"
