@@ -346,11 +346,13 @@ LEGIT=(--grpc "http://127.0.0.1:$SGP_GRPC" --connections "$CONNS" --concurrency 
 load spray-calm "${LEGIT[@]}" --warmup "$WARM" --duration "$DUR"
 SPRAY_DUR=$(python3 -c "import re; m=re.match(r'([0-9.]+)s','$DUR'); print(str(float(m.group(1))+float('${WARM%s}')+1.0)+'s')")
 # flood LABEL ARGS...: random unknown cookies in the background while the legit load runs.
+# No polling of /metrics during the run (it perturbed the legit latency through the shared load
+# core); the maximum whoami concurrency comes from the fake Kratos' own counter.
 flood() {
   local label=$1; shift
   "${LOAD_CPU[@]}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:$SGP_GRPC" --connections 2 \
     --duration "$SPRAY_DUR" --dist random --prefix unknown- \
-    --metrics "http://127.0.0.1:$SGP_HTTP/metrics" --poll-in-flight 20ms \
+    --metrics "http://127.0.0.1:$SGP_HTTP/metrics" \
     --upstream-stats "http://127.0.0.1:$FK_SPRAY/__stats" "$@" >"$OUT/$label.out" 2>&1 &
   FLOOD_PID=$!
   PIDS+=("$FLOOD_PID")
