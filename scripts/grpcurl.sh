@@ -23,50 +23,26 @@ BIN_DIR="$CACHE_DIR/grpcurl-$GRPCURL_VERSION"
 BIN="$BIN_DIR/grpcurl"
 
 log() { echo "grpcurl.sh: $*" >&2; }
+# shellcheck source=lib/gobuild.sh
+source "$REPO_ROOT/scripts/lib/gobuild.sh"
 
 cmd_build() {
-  if [[ -n "${SESSIONGATE_GRPCURL_BIN:-}" ]]; then
-    [[ -x "$SESSIONGATE_GRPCURL_BIN" ]] || { log "SESSIONGATE_GRPCURL_BIN=$SESSIONGATE_GRPCURL_BIN is not executable"; exit 1; }
-    log "using SESSIONGATE_GRPCURL_BIN"
-    echo "$SESSIONGATE_GRPCURL_BIN"
-    return 0
-  fi
-  if [[ -x "$BIN" ]]; then
-    log "cached $BIN"
-    echo "$BIN"
-    return 0
-  fi
-  mkdir -p "$CACHE_DIR"
-  # Several test binaries (or parallel tests) may ask for a build at once: serialise, then
-  # re-check the cache.
-  if command -v flock >/dev/null; then
-    exec 9>"$CACHE_DIR/grpcurl-build.lock"
-    flock 9
-    if [[ -x "$BIN" ]]; then
-      log "cached $BIN (built by a concurrent run)"
-      echo "$BIN"
-      return 0
-    fi
-  fi
-  command -v go >/dev/null || { log "go not found in PATH (grpcurl is built from the Go module proxy)"; exit 1; }
+  gobuild_cached grpcurl "$BIN" "${SESSIONGATE_GRPCURL_BIN:-}" && return 0
   local work start=$SECONDS
   work="$(mktemp -d "$CACHE_DIR/grpcurl-build.XXXXXX")"
-  trap 'rm -rf "$work"' RETURN
   log "building $GRPCURL_MODULE/cmd/grpcurl@$GRPCURL_VERSION via the Go module proxy"
+  # No replace directives in grpcurl: `go install mod@ver` works directly.
   # GOTOOLCHAIN=local: use the installed Go, never download a toolchain.
   # CGO_ENABLED=0: a static binary, no C compiler needed.
   if ! (GOTOOLCHAIN=local CGO_ENABLED=0 GOBIN="$work" \
         go install -trimpath -ldflags "-s -w -X main.version=$GRPCURL_VERSION" \
         "$GRPCURL_MODULE/cmd/grpcurl@$GRPCURL_VERSION") >&2; then
+    gobuild_cleanup "$work"
     log "go install failed (see above)"
     exit 1
   fi
-  [[ -x "$work/grpcurl" ]] || { log "go install produced no binary in $work"; exit 1; }
-  mkdir -p "$BIN_DIR"
-  mv "$work/grpcurl" "$BIN.tmp.$$"
-  mv "$BIN.tmp.$$" "$BIN"
-  log "built $BIN in $((SECONDS - start)) s"
-  echo "$BIN"
+  gobuild_install "$work/grpcurl" "$BIN" "$start"
+  gobuild_cleanup "$work"
 }
 
 cmd_protoset() {

@@ -29,49 +29,16 @@ PID_FILE="$RUN_DIR/kratos.pid"
 READY_TIMEOUT="${KRATOS_READY_TIMEOUT:-60}"
 
 log() { echo "kratos.sh: $*" >&2; }
+# shellcheck source=lib/gobuild.sh
+source "$REPO_ROOT/scripts/lib/gobuild.sh"
 
 cmd_build() {
-  if [[ -n "${SESSIONGATE_KRATOS_BIN:-}" ]]; then
-    [[ -x "$SESSIONGATE_KRATOS_BIN" ]] || { log "SESSIONGATE_KRATOS_BIN=$SESSIONGATE_KRATOS_BIN is not executable"; exit 1; }
-    log "using SESSIONGATE_KRATOS_BIN"
-    echo "$SESSIONGATE_KRATOS_BIN"
-    return 0
-  fi
-  if [[ -x "$BIN" ]]; then
-    log "cached $BIN"
-    echo "$BIN"
-    return 0
-  fi
-  mkdir -p "$CACHE_DIR"
-  # Several test binaries may ask for a build at once: serialise, then re-check the cache.
-  if command -v flock >/dev/null; then
-    exec 9>"$CACHE_DIR/kratos-build.lock"
-    flock 9
-    if [[ -x "$BIN" ]]; then
-      log "cached $BIN (built by a concurrent run)"
-      echo "$BIN"
-      return 0
-    fi
-  fi
-  command -v go >/dev/null || { log "go not found in PATH"; exit 1; }
+  gobuild_cached kratos "$BIN" "${SESSIONGATE_KRATOS_BIN:-}" && return 0
   command -v gcc >/dev/null || { log "gcc not found (CGO sqlite needs a C compiler)"; exit 1; }
-  log "downloading $KRATOS_MODULE@$KRATOS_VERSION via the Go module proxy"
-  local json dir
-  if ! json="$(go mod download -json "$KRATOS_MODULE@$KRATOS_VERSION")"; then
-    log "go mod download failed: $json"
-    exit 1
-  fi
-  dir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-  [[ -n "$dir" && -d "$dir" ]] || { log "could not find module dir in: $json"; exit 1; }
-
-  # `go install mod@ver` refuses modules with replace directives, so build in a writable copy.
-  local work
+  local work start=$SECONDS
   work="$(mktemp -d "$CACHE_DIR/kratos-src.XXXXXX")"
-  trap 'chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"' RETURN
-  cp -r "$dir" "$work/src"
-  chmod -R u+w "$work/src"
+  gobuild_source "$KRATOS_MODULE" "$KRATOS_VERSION" "$work"
   log "building in $work/src (CGO_ENABLED=1 -tags sqlite); a cold build takes several minutes"
-  local start=$SECONDS
   (
     cd "$work/src"
     # GOTOOLCHAIN=local: use the installed Go even though go.mod names toolchain go1.23.2.
@@ -79,12 +46,9 @@ cmd_build() {
     GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS=-mod=mod \
       go build -tags sqlite -trimpath -ldflags "-s -w -X github.com/ory/kratos/driver/config.Version=$KRATOS_VERSION" \
       -o "$work/kratos" .
-  ) >&2
-  mkdir -p "$BIN_DIR"
-  mv "$work/kratos" "$BIN.tmp.$$"
-  mv "$BIN.tmp.$$" "$BIN"
-  log "built $BIN in $((SECONDS - start)) s"
-  echo "$BIN"
+  ) >&2 || { gobuild_cleanup "$work"; log "go build failed (see above)"; exit 1; }
+  gobuild_install "$work/kratos" "$BIN" "$start"
+  gobuild_cleanup "$work"
 }
 
 is_running() {

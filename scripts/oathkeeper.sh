@@ -36,46 +36,23 @@ READY_TIMEOUT="${OATHKEEPER_READY_TIMEOUT:-30}"
 SG_BIN="${OATHKEEPER_KEYGEN_BIN:-$REPO_ROOT/target/release/sessiongate}"
 
 log() { echo "oathkeeper.sh: $*" >&2; }
+# shellcheck source=lib/gobuild.sh
+source "$REPO_ROOT/scripts/lib/gobuild.sh"
 
 cmd_build() {
-  if [[ -n "${SESSIONGATE_OATHKEEPER_BIN:-}" ]]; then
-    [[ -x "$SESSIONGATE_OATHKEEPER_BIN" ]] || { log "SESSIONGATE_OATHKEEPER_BIN is not executable"; exit 1; }
-    echo "$SESSIONGATE_OATHKEEPER_BIN"; return 0
-  fi
-  if [[ -x "$BIN" ]]; then log "cached $BIN"; echo "$BIN"; return 0; fi
-  mkdir -p "$CACHE_DIR"
-  if command -v flock >/dev/null; then
-    exec 9>"$CACHE_DIR/oathkeeper-build.lock"
-    flock 9
-    if [[ -x "$BIN" ]]; then log "cached $BIN (built by a concurrent run)"; echo "$BIN"; return 0; fi
-  fi
-  command -v go >/dev/null || { log "go not found in PATH"; exit 1; }
-  log "downloading $OATHKEEPER_MODULE@$OATHKEEPER_VERSION via the Go module proxy"
-  local json dir
-  if ! json="$(go mod download -json "$OATHKEEPER_MODULE@$OATHKEEPER_VERSION")"; then
-    log "go mod download failed: $json"; exit 1
-  fi
-  dir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-  [[ -n "$dir" && -d "$dir" ]] || { log "could not find module dir in: $json"; exit 1; }
-  # `go install mod@ver` refuses modules with replace directives: build in a writable copy.
-  local work
+  gobuild_cached oathkeeper "$BIN" "${SESSIONGATE_OATHKEEPER_BIN:-}" && return 0
+  local work start=$SECONDS
   work="$(mktemp -d "$CACHE_DIR/oathkeeper-src.XXXXXX")"
-  trap 'chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"' RETURN
-  cp -r "$dir" "$work/src"
-  chmod -R u+w "$work/src"
+  gobuild_source "$OATHKEEPER_MODULE" "$OATHKEEPER_VERSION" "$work"
   log "building in $work/src (a cold build takes several minutes)"
-  local start=$SECONDS
   (
     cd "$work/src"
     GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod \
       go build -trimpath -ldflags "-s -w -X github.com/ory/oathkeeper/x.Version=$OATHKEEPER_VERSION" \
       -o "$work/oathkeeper" .
-  ) >&2
-  mkdir -p "$BIN_DIR"
-  mv "$work/oathkeeper" "$BIN.tmp.$$"
-  mv "$BIN.tmp.$$" "$BIN"
-  log "built $BIN in $((SECONDS - start)) s"
-  echo "$BIN"
+  ) >&2 || { gobuild_cleanup "$work"; log "go build failed (see above)"; exit 1; }
+  gobuild_install "$work/oathkeeper" "$BIN" "$start"
+  gobuild_cleanup "$work"
 }
 
 is_running() { [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
