@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use sessiongate::admin_pb::admin_client::AdminClient;
 use sessiongate::admin_pb::*;
 use support::upstream::{Behaviour, FakeKratos};
 use support::*;
@@ -19,33 +18,6 @@ fn admin_config(url: &str) -> sessiongate::config::Config {
     c
 }
 
-async fn admin_client(
-    gate: &Gate,
-    token: Option<&str>,
-) -> AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        impl tonic::service::Interceptor,
-    >,
-> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gate.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let bearer = token.map(|t| {
-        format!("Bearer {t}")
-            .parse::<tonic::metadata::MetadataValue<_>>()
-            .unwrap()
-    });
-    AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(b) = &bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
-        Ok(req)
-    })
-}
-
 #[tokio::test]
 async fn admin_api_requires_the_token_and_invalidates_at_once() {
     let kratos = FakeKratos::start().await;
@@ -55,7 +27,12 @@ async fn admin_api_requires_the_token_and_invalidates_at_once() {
     allowed(&client.check(cookie("c1")).await.unwrap().into_inner());
 
     for bad in [None, Some("wrong-token-wrong-token")] {
-        let mut admin = admin_client(&gate, bad).await;
+        let mut admin = admin_client_with(
+            gate.grpc,
+            "authorization",
+            bad.map(|t| format!("Bearer {t}")),
+        )
+        .await;
         let err = admin.cache_stats(CacheStatsRequest {}).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let err = admin
@@ -69,7 +46,7 @@ async fn admin_api_requires_the_token_and_invalidates_at_once() {
     allowed(&client.check(cookie("c1")).await.unwrap().into_inner());
     assert_eq!(kratos.calls(), 1, "refused calls invalidated nothing");
 
-    let mut admin = admin_client(&gate, Some(TOKEN)).await;
+    let mut admin = admin_client(gate.grpc, TOKEN).await;
     let stats = admin
         .cache_stats(CacheStatsRequest {})
         .await
@@ -125,7 +102,7 @@ async fn admin_api_requires_the_token_and_invalidates_at_once() {
 async fn admin_service_is_absent_without_a_token() {
     let kratos = FakeKratos::start().await;
     let gate = Gate::start(config(&kratos.url())).await;
-    let mut admin = admin_client(&gate, Some(TOKEN)).await;
+    let mut admin = admin_client(gate.grpc, TOKEN).await;
     let err = admin.cache_stats(CacheStatsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     let r = reqwest::Client::new()

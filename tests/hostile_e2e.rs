@@ -21,7 +21,6 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use percent_encoding::percent_decode_str;
-use sessiongate::admin_pb::admin_client::AdminClient;
 use sessiongate::admin_pb::*;
 use sessiongate::config::{Algorithm, Config};
 use support::upstream::{Behaviour, FakeKratos};
@@ -886,30 +885,6 @@ async fn served_jwks_has_no_private_members_for_any_ephemeral_algorithm() {
     }
 }
 
-async fn admin_client_with(
-    gate: &Gate,
-    header: &'static str,
-    value: Option<String>,
-) -> AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        impl tonic::service::Interceptor,
-    >,
-> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gate.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let value = value.map(|v| v.parse::<tonic::metadata::MetadataValue<_>>().unwrap());
-    AdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(v) = &value {
-            req.metadata_mut().insert(header, v.clone());
-        }
-        Ok(req)
-    })
-}
-
 #[tokio::test]
 async fn admin_endpoints_refuse_without_the_token() {
     let (kratos, gate) = setup(|c| c.admin.token = Some(ADMIN_TOKEN.into())).await;
@@ -935,7 +910,7 @@ async fn admin_endpoints_refuse_without_the_token() {
         ("x-authorization", Some(format!("Bearer {ADMIN_TOKEN}"))),
     ];
     for (header, value) in wrong {
-        let mut admin = admin_client_with(&gate, header, value.clone()).await;
+        let mut admin = admin_client_with(gate.grpc, header, value.clone()).await;
         let what = format!("{header}: {value:?}");
         let e = admin
             .invalidate_all(InvalidateAllRequest {})
@@ -1016,12 +991,7 @@ async fn admin_endpoints_refuse_without_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut admin = admin_client_with(
-        &gate,
-        "authorization",
-        Some(format!("Bearer {ADMIN_TOKEN}")),
-    )
-    .await;
+    let mut admin = admin_client(gate.grpc, ADMIN_TOKEN).await;
     admin.cache_stats(CacheStatsRequest {}).await.unwrap();
     still_serving(&gate).await;
 }

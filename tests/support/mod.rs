@@ -165,16 +165,32 @@ pub async fn admin_client(
         impl tonic::service::Interceptor + use<>,
     >,
 > {
+    admin_client_with(grpc, "authorization", Some(format!("Bearer {token}"))).await
+}
+
+/// An admin API client sending `header: value` on every call (nothing when `value` is `None`).
+pub async fn admin_client_with(
+    grpc: SocketAddr,
+    header: &'static str,
+    value: Option<String>,
+) -> sessiongate::admin_pb::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl tonic::service::Interceptor + use<>,
+    >,
+> {
     let channel = Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let value = value.map(|v| v.parse::<tonic::metadata::MetadataValue<_>>().unwrap());
     sessiongate::admin_pb::admin_client::AdminClient::with_interceptor(
         channel,
         move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
+            if let Some(v) = &value {
+                r.metadata_mut().insert(header, v.clone());
+            }
             Ok(r)
         },
     )
