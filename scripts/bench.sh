@@ -232,7 +232,7 @@ if (( SOAK )); then
       --duration "${SOAK_PHASE}s" --dist zipf --keys "$SOAK_KEYS" --prefix "valid-soak$p-" \
       --metrics "http://127.0.0.1:$SG_HTTP/metrics" >/dev/null
     kill -0 "$SOAK_PID" 2>/dev/null || { log "sessiongate died during the soak"; exit 1; }
-    echo "$p,$((SECONDS - SOAK_START)),$(rss_kb "$SOAK_PID"),$(jget "soak-p$p" "d['gate']['cache_entries']"),$(jget "soak-p$p" "d['gate']['cache_weighted_bytes']"),$(jget "soak-p$p" "d['requests']"),$(jget "soak-p$p" "d['ok']"),$(jget "soak-p$p" "d['denied']"),$(jget "soak-p$p" "d['errors']"),$(jget "soak-p$p" "round(d['latency_us']['p99'])"),$(jget "soak-p$p" "round(d['gate']['hit_ratio'], 4)")" >>"$OUT/soak.csv"
+    echo "$p,$((SECONDS - SOAK_START)),$(rss_kb "$SOAK_PID"),$(jget "soak-p$p" "','.join(str(x) for x in (d['gate']['cache_entries'], d['gate']['cache_weighted_bytes'], d['requests'], d['ok'], d['denied'], d['errors'], round(d['latency_us']['p99']), round(d['gate']['hit_ratio'], 4)))")" >>"$OUT/soak.csv"
     tail -n1 "$OUT/soak.csv" | sed 's/^/  soak /' >&2
   done
   wait "$UNKNOWN_PID" || { cat "$OUT/soak-unknown.out"; log "unknown-cookie stream failed"; exit 1; }
