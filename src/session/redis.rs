@@ -399,8 +399,34 @@ impl SharedCache {
         tokio::spawn(async move { this.write(&key, &stored, ttl).await });
     }
 
+    /// Tombstone of one key (`k`), session (`s`) or identity (`i`).
     fn tomb(&self, kind: &str, id: &str) -> String {
         format!("{}t:{kind}:{id}", self.prefix)
+    }
+
+    /// Tombstone of an invalidation of everything.
+    fn tomb_all(&self) -> String {
+        format!("{}t:all", self.prefix)
+    }
+
+    /// Index set of one session (`s`) or identity (`i`): the entry keys that belong to it.
+    fn index(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// Deletes every entry an index set names, and the set.
+    async fn delete_indexed(
+        &self,
+        conn: &mut ConnectionManager,
+        idx: &str,
+    ) -> redis::RedisResult<()> {
+        let keys: Vec<String> = conn.smembers(idx).await?;
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("DEL").arg(k).ignore();
+        }
+        pipe.cmd("DEL").arg(idx).ignore();
+        pipe.query_async::<()>(conn).await
     }
 
     /// Writes a shared entry now, unless an invalidation covering it happened within the
@@ -414,13 +440,13 @@ impl SharedCache {
         };
         let k = self.key(key);
         let ms = ttl.as_millis().max(1) as u64;
-        let mut tombs = vec![self.tomb("k", &hex(key)), format!("{}t:all", self.prefix)];
+        let mut tombs = vec![self.tomb("k", &hex(key)), self.tomb_all()];
         let mut indexes = Vec::new();
         if stored.o == 'a' {
             tombs.push(self.tomb("s", &stored.sid));
             tombs.push(self.tomb("i", &stored.iid));
-            indexes.push(format!("{}s:{}", self.prefix, stored.sid));
-            indexes.push(format!("{}i:{}", self.prefix, stored.iid));
+            indexes.push(self.index("s", &stored.sid));
+            indexes.push(self.index("i", &stored.iid));
         }
         let mut inv = self.put_script.prepare_invoke();
         inv.key(&k);
@@ -464,7 +490,7 @@ impl SharedCache {
             Invalidation::Key(hex_key) => self.tomb("k", hex_key),
             Invalidation::Session(id) => self.tomb("s", id),
             Invalidation::Identity(id) => self.tomb("i", id),
-            Invalidation::All => format!("{}t:all", self.prefix),
+            Invalidation::All => self.tomb_all(),
         };
         let tombs = format!("{}t:", self.prefix);
         let work = async {
@@ -481,18 +507,11 @@ impl SharedCache {
                 Invalidation::Key(hex_key) => {
                     let _: () = conn.del(format!("{}{hex_key}", self.prefix)).await?;
                 }
-                Invalidation::Session(id) | Invalidation::Identity(id) => {
-                    let idx = match inv {
-                        Invalidation::Session(_) => format!("{}s:{id}", self.prefix),
-                        _ => format!("{}i:{id}", self.prefix),
-                    };
-                    let keys: Vec<String> = conn.smembers(&idx).await?;
-                    let mut pipe = redis::pipe();
-                    for k in &keys {
-                        pipe.cmd("DEL").arg(k).ignore();
-                    }
-                    pipe.cmd("DEL").arg(&idx).ignore();
-                    pipe.query_async::<()>(&mut conn).await?;
+                Invalidation::Session(id) => {
+                    self.delete_indexed(&mut conn, &self.index("s", id)).await?;
+                }
+                Invalidation::Identity(id) => {
+                    self.delete_indexed(&mut conn, &self.index("i", id)).await?;
                 }
                 Invalidation::All => {
                     let mut cursor: u64 = 0;
