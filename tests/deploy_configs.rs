@@ -706,6 +706,31 @@ fn find_typed(v: &serde_json::Value, suffix: &str, at: String) -> Option<String>
     }
 }
 
+/// The cluster called `name` in a bootstrap's static resources.
+fn cluster_mut<'a>(j: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+    j["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+/// The routes of the first listener's first virtual host.
+fn routes_mut(j: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    j.pointer_mut(ROUTES).unwrap().as_array_mut().unwrap()
+}
+
+const ROUTES: &str = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes";
+
+/// The route matching path prefix `prefix`.
+fn route_mut<'a>(j: &'a mut serde_json::Value, prefix: &str) -> &'a mut serde_json::Value {
+    routes_mut(j)
+        .iter_mut()
+        .find(|r| r["match"]["prefix"] == prefix)
+        .unwrap()
+}
+
 #[test]
 fn semantic_checks_catch_bad_settings() {
     let base = load(&manifest_dir().join("envoy/envoy.yaml")).unwrap();
@@ -763,12 +788,7 @@ fn semantic_checks_catch_bad_settings() {
             "sessiongate cluster HTTP/1.1",
             "http2_protocol_options",
             Box::new(|j, _| {
-                let c = j["static_resources"]["clusters"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|c| c["name"] == "sessiongate")
-                    .unwrap();
+                let c = cluster_mut(j, "sessiongate");
                 c.as_object_mut()
                     .unwrap()
                     .remove("typed_extension_protocol_options");
@@ -778,8 +798,7 @@ fn semantic_checks_catch_bad_settings() {
             "route to missing cluster",
             "unknown cluster",
             Box::new(|j, _| {
-                let routes = j.pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes").unwrap();
-                let last = routes.as_array_mut().unwrap().last_mut().unwrap();
+                let last = routes_mut(j).last_mut().unwrap();
                 last["route"]["cluster"] = "no-such-cluster".into();
             }),
         ),
@@ -787,13 +806,7 @@ fn semantic_checks_catch_bad_settings() {
             "unknown context extension value",
             "not understood",
             Box::new(|j, _| {
-                let routes = j.pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes").unwrap();
-                let admin = routes
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|r| r["match"]["prefix"] == "/admin/")
-                    .unwrap();
+                let admin = route_mut(j, "/admin/");
                 admin["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]
                     ["context_extensions"]["aal"] = "aal3".into();
             }),
@@ -802,13 +815,7 @@ fn semantic_checks_catch_bad_settings() {
             "public route keeps client x-user-id",
             "forgeable identity",
             Box::new(|j, _| {
-                let routes = j.pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes").unwrap();
-                let public = routes
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|r| r["match"]["prefix"] == "/public/")
-                    .unwrap();
+                let public = route_mut(j, "/public/");
                 public
                     .as_object_mut()
                     .unwrap()
@@ -819,12 +826,7 @@ fn semantic_checks_catch_bad_settings() {
             "wrong gRPC port",
             "must use port",
             Box::new(|j, _| {
-                let c = j["static_resources"]["clusters"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|c| c["name"] == "sessiongate")
-                    .unwrap();
+                let c = cluster_mut(j, "sessiongate");
                 c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
                     ["port_value"] = 9192.into();
             }),
