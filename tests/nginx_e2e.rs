@@ -11,11 +11,22 @@ use support::*;
 
 type Seen = HashMap<String, Vec<String>>;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The request headers the echo upstream saw.
+async fn seen_by_upstream(r: reqwest::Response) -> Seen {
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+/// `GET path` through nginx with `headers`; redirects are not followed.
+async fn get(nginx: &Nginx, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
+        .get(format!("{}{path}", nginx.url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
 }
 
 async fn setup() -> (FakeKratos, Gate, Nginx) {
@@ -32,16 +43,18 @@ async fn setup() -> (FakeKratos, Gate, Nginx) {
 #[tokio::test]
 async fn valid_session_reaches_upstream_with_a_verifiable_jwt_and_no_session_cookie() {
     let (_kratos, gate, nginx) = setup().await;
-    let r = client()
-        .get(format!("{}/orders/7?x=1", nginx.url()))
-        .header("cookie", "theme=dark; ory_kratos_session=good")
-        .header("authorization", "Bearer forged.token.here")
-        .header("x-user-id", "admin")
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &nginx,
+        "/orders/7?x=1",
+        &[
+            ("cookie", "theme=dark; ory_kratos_session=good"),
+            ("authorization", "Bearer forged.token.here"),
+            ("x-user-id", "admin"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let seen: Seen = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let seen = seen_by_upstream(r).await;
     let auth = &seen["authorization"];
     assert_eq!(auth.len(), 1, "{seen:?}");
     let claims = verify(&gate, &auth[0], "app").await;
@@ -57,19 +70,9 @@ async fn valid_session_reaches_upstream_with_a_verifiable_jwt_and_no_session_coo
 #[tokio::test]
 async fn no_session_is_401_for_apis_and_a_redirect_for_browsers() {
     let (kratos, _gate, nginx) = setup().await;
-    let r = client()
-        .get(format!("{}/orders", nginx.url()))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&nginx, "/orders", &[("accept", "application/json")]).await;
     assert_eq!(r.status(), 401);
-    let r = client()
-        .get(format!("{}/orders?page=2", nginx.url()))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&nginx, "/orders?page=2", &[("accept", "text/html")]).await;
     assert_eq!(r.status(), 303);
     let loc = r.headers()["location"].to_str().unwrap();
     assert!(
@@ -78,12 +81,12 @@ async fn no_session_is_401_for_apis_and_a_redirect_for_browsers() {
     );
     assert!(loc.ends_with("%2Forders%3Fpage%3D2"), "{loc}");
     // Garbage cookie: denied (Kratos says 401).
-    let r = client()
-        .get(format!("{}/orders", nginx.url()))
-        .header("cookie", "ory_kratos_session=garbage")
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &nginx,
+        "/orders",
+        &[("cookie", "ory_kratos_session=garbage")],
+    )
+    .await;
     assert_eq!(r.status(), 401);
     assert_eq!(kratos.calls(), 1);
 }
@@ -91,17 +94,19 @@ async fn no_session_is_401_for_apis_and_a_redirect_for_browsers() {
 #[tokio::test]
 async fn forged_identity_headers_never_reach_upstream_on_anonymous_routes() {
     let (_kratos, _gate, nginx) = setup().await;
-    let r = client()
-        .get(format!("{}/public/page", nginx.url()))
-        .header("authorization", "Bearer forged.token.here")
-        .header("x-user-id", "admin")
-        .header("x-session-token", "whatever")
-        .header("cookie", "theme=dark")
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &nginx,
+        "/public/page",
+        &[
+            ("authorization", "Bearer forged.token.here"),
+            ("x-user-id", "admin"),
+            ("x-session-token", "whatever"),
+            ("cookie", "theme=dark"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let seen: Seen = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let seen = seen_by_upstream(r).await;
     assert!(!seen.contains_key("authorization"), "{seen:?}");
     assert!(!seen.contains_key("x-user-id"), "{seen:?}");
     assert!(!seen.contains_key("x-session-token"), "{seen:?}");
@@ -112,14 +117,16 @@ async fn forged_identity_headers_never_reach_upstream_on_anonymous_routes() {
 async fn spoofed_forwarded_headers_from_clients_are_overwritten_by_nginx() {
     let (_kratos, _gate, nginx) = setup().await;
     // A client claims the request is for a public path; nginx overwrites X-Original-URI.
-    let r = client()
-        .get(format!("{}/orders", nginx.url()))
-        .header("x-original-uri", "/public/x")
-        .header("x-forwarded-uri", "/public/x")
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &nginx,
+        "/orders",
+        &[
+            ("x-original-uri", "/public/x"),
+            ("x-forwarded-uri", "/public/x"),
+            ("accept", "text/html"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     let loc = r.headers()["location"].to_str().unwrap();
     assert!(loc.ends_with("%2Forders"), "checked the real URI: {loc}");
@@ -150,32 +157,34 @@ async fn real_kratos_session_through_nginx() {
         .unwrap();
 
     // Session token header through nginx.
-    let r = client()
-        .get(format!("{}/api/me", nginx.url()))
-        .header("x-session-token", &token)
-        .header("authorization", "Bearer forged.token.here")
-        .send()
-        .await
-        .unwrap();
+    let r = get(
+        &nginx,
+        "/api/me",
+        &[
+            ("x-session-token", &token),
+            ("authorization", "Bearer forged.token.here"),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let seen: Seen = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let seen = seen_by_upstream(r).await;
     let claims = verify(&gate, &seen["authorization"][0], "app").await;
     assert_eq!(claims["sub"], session["identity"]["id"]);
     assert_eq!(claims["email"], email.as_str());
     assert!(!seen.contains_key("x-session-token"), "{seen:?}");
 
     // The real browser cookie through nginx: the upstream never sees it.
-    let r = client()
-        .get(format!("{}/dashboard", nginx.url()))
-        .header(
+    let r = get(
+        &nginx,
+        "/dashboard",
+        &[(
             "cookie",
-            format!("theme=dark; ory_kratos_session={cookie_value}"),
-        )
-        .send()
-        .await
-        .unwrap();
+            &format!("theme=dark; ory_kratos_session={cookie_value}"),
+        )],
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let seen: Seen = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let seen = seen_by_upstream(r).await;
     assert_eq!(seen["cookie"], vec!["theme=dark"]);
     assert_eq!(
         verify(&gate, &seen["authorization"][0], "app").await["sub"],
@@ -189,11 +198,6 @@ async fn real_kratos_session_through_nginx() {
         .cache()
         .invalidate_session(session["id"].as_str().unwrap())
         .await;
-    let r = client()
-        .get(format!("{}/api/me", nginx.url()))
-        .header("x-session-token", &token)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&nginx, "/api/me", &[("x-session-token", &token)]).await;
     assert_eq!(r.status(), 401);
 }
