@@ -11,6 +11,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{Admin, AdminToken};
 use crate::authz::Authorizer;
 use crate::config::Config;
 use crate::grpc::ExtAuthz;
@@ -19,13 +20,17 @@ use crate::session::Projection;
 use crate::session::cache::SessionCache;
 use crate::session::whoami::WhoamiClient;
 use crate::telemetry::Metrics;
-use crate::token::{KeySet, Minter};
+use crate::token::Minter;
 
 /// Handles to the running parts, for tests and the admin surface.
 #[derive(Debug, Clone)]
 pub struct Handles {
     /// The decision engine.
     pub authorizer: Arc<Authorizer>,
+    /// The session cache (invalidation, stats).
+    pub cache: Arc<SessionCache>,
+    /// The minter (JWKS, key rotation).
+    pub minter: Arc<Minter>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness latch.
@@ -40,6 +45,8 @@ pub struct App {
     forward_listener: Option<TcpListener>,
     /// Cancels background tasks (Redis connection and subscriber) when the app stops.
     background: CancellationToken,
+    /// The admin token and operations, when an admin token is configured.
+    admin: Option<(AdminToken, Admin)>,
     handles: Handles,
 }
 
@@ -52,32 +59,12 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Loads the signing keys named by the configuration, or generates an ephemeral key.
-pub fn load_keys(config: &Config) -> anyhow::Result<KeySet> {
-    if let Some(path) = &config.jwt.jwks_file {
-        let kid = config.jwt.signing_kid.as_deref().filter(|k| !k.is_empty());
-        return KeySet::from_jwks_file(path, kid)
-            .map_err(|e| anyhow::anyhow!("jwt.jwks_file: {e}"));
-    }
-    if let Some(path) = &config.jwt.pem_file {
-        return KeySet::from_pem_file(path).map_err(|e| anyhow::anyhow!("jwt.pem_file: {e}"));
-    }
-    let (keys, _) = KeySet::generate(config.jwt.ephemeral_algorithm, None)?;
-    tracing::warn!(
-        kid = %keys.signing.kid,
-        "NO SIGNING KEY CONFIGURED: using an ephemeral key that dies with this process. \
-         Every replica signs with a different key and tokens stop verifying after a restart. \
-         Generate one with `sessiongate keys generate` and set jwt.jwks_file."
-    );
-    Ok(keys)
-}
-
 impl App {
     /// Validates the configuration, builds every part and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<App> {
         config.validate()?;
         let metrics = Metrics::new();
-        let keys = load_keys(&config)?;
+        let keys = crate::token::load_keys(&config.jwt)?;
         let minter = Arc::new(Minter::new(&config.jwt, keys, metrics.clone()));
         let projection = Projection {
             claims: config
@@ -129,7 +116,15 @@ impl App {
                 background.clone(),
             );
         }
-        let authorizer = Arc::new(Authorizer::new(&config, cache, minter, metrics.clone()));
+        let authorizer = Arc::new(Authorizer::new(
+            &config,
+            cache.clone(),
+            minter.clone(),
+            metrics.clone(),
+        ));
+        let admin = config
+            .admin_token()?
+            .map(|t| (AdminToken::new(&t), Admin::new(cache.clone())));
 
         let grpc_listener = TcpListener::bind(config.grpc.listen)
             .await
@@ -151,8 +146,11 @@ impl App {
             http_listener,
             forward_listener,
             background,
+            admin,
             handles: Handles {
                 authorizer,
+                cache,
+                minter,
                 metrics,
                 readiness: Readiness::default(),
             },
@@ -192,6 +190,7 @@ impl App {
             http_listener,
             forward_listener,
             background,
+            admin,
             handles,
         } = self;
         let _stop_background = background.drop_guard();
@@ -203,7 +202,7 @@ impl App {
         report_serving(&health, &handles.readiness, false).await;
 
         // Reflection describes what is served: the admin service only when it is on.
-        let admin_on = config.admin_token()?.is_some();
+        let admin_on = admin.is_some();
         let reflection = || {
             let b = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -221,22 +220,15 @@ impl App {
             config.deny.unavailable_as_rpc_error,
             config.tracing.enabled,
         );
-        let admin_token = config
-            .admin_token()?
-            .map(|t| crate::grpc::admin::AdminToken::new(&t));
         let mtls = config
             .grpc
             .tls
             .as_ref()
             .is_some_and(|t| t.client_ca_file.is_some());
-        let admin = admin_token.clone().map(|token| {
-            let token = token.require_client_cert(mtls);
+        let admin_service = admin.clone().map(|(token, ops)| {
             crate::admin_pb::admin_server::AdminServer::with_interceptor(
-                crate::grpc::admin::AdminService::new(
-                    handles.authorizer.cache().clone(),
-                    handles.metrics.clone(),
-                ),
-                token.interceptor(),
+                crate::grpc::admin::AdminService::new(ops, handles.metrics.clone()),
+                crate::grpc::admin::interceptor(token.require_client_cert(mtls)),
             )
         });
         let grpc_stop = stop_accepting.clone();
@@ -252,7 +244,7 @@ impl App {
                     .max_decoding_message_size(config.grpc.max_request_bytes),
             )
             .add_service(health_service)
-            .add_optional_service(admin)
+            .add_optional_service(admin_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
@@ -265,12 +257,12 @@ impl App {
             );
 
         let http_state = HttpState {
-            minter: handles.authorizer.minter().clone(),
+            minter: handles.minter.clone(),
             metrics: handles.metrics.clone(),
-            cache: handles.authorizer.cache().clone(),
+            cache: handles.cache.clone(),
             readiness: handles.readiness.clone(),
             jwks_max_age: config.http.jwks_max_age,
-            admin: admin_token,
+            admin,
             forward: None,
         };
         let forward = config
@@ -278,12 +270,7 @@ impl App {
             .enabled
             .then(|| crate::http::forward::ForwardAuth {
                 authorizer: handles.authorizer.clone(),
-                trusted: config
-                    .forward_auth
-                    .trusted_proxies
-                    .iter()
-                    .filter_map(|c| c.parse().ok())
-                    .collect(),
+                trusted: config.forward_auth.trusted_proxies.clone().into(),
                 prefix: config.forward_auth.path.as_str().into(),
             });
         let (http_state, forward_task) = match (forward, forward_listener) {
@@ -314,8 +301,8 @@ impl App {
 
         let reload_stop = stop_accepting.clone();
         tokio::spawn(crate::token::reload::watch(
-            config.clone(),
-            handles.authorizer.minter().clone(),
+            config.jwt.clone(),
+            handles.minter.clone(),
             handles.metrics.clone(),
             async move { reload_stop.cancelled().await },
         ));
@@ -323,7 +310,7 @@ impl App {
         let http_task = tokio::spawn(async move { http.await });
 
         report_serving(&health, &handles.readiness, true).await;
-        tracing::info!(%grpc_addr, %http_addr, kid = %handles.authorizer.minter().signing_kid(), "sessiongate ready");
+        tracing::info!(%grpc_addr, %http_addr, kid = %handles.minter.signing_kid(), "sessiongate ready");
 
         shutdown.await;
         tracing::info!("shutdown requested: reporting not ready, then draining");

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use crate::authz::Headers;
 use crate::config::CredentialsConfig;
+use crate::headers::Headers;
 
 /// Where a credential was found; decides how it is presented to Kratos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,15 +191,18 @@ pub enum CookieRewrite {
     Replace(String),
 }
 
-/// `Bearer <token>` → token (scheme case-insensitive, RFC 7235).
-fn bearer_token(value: &str) -> Option<&str> {
-    let value = value.trim();
+/// `Bearer <token>` → token: the one Bearer parser, for credentials and the admin token alike.
+/// The field value loses its surrounding whitespace (SP/HTAB, RFC 9110 §5.5), the scheme is
+/// case-insensitive and followed by one or more spaces (RFC 6750 §2.1); the token is then taken
+/// exactly: no further trimming, and a token with whitespace inside is no token.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
     let (scheme, rest) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
-    let token = rest.trim();
-    (!token.is_empty()).then_some(token)
+    let token = rest.trim_start_matches(' ');
+    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
 }
 
 /// Splits a `Cookie` header into `name=value` pairs. Accepts `;` (RFC 6265) and `,` (how Envoy

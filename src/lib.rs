@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod config;
 pub mod credentials;
 pub mod grpc;
+pub mod headers;
 pub mod http;
 pub mod session;
 pub mod telemetry;

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use sessiongate::app::{App, load_keys, shutdown_signal};
+use sessiongate::app::{App, shutdown_signal};
 use sessiongate::config::{Algorithm, Config, LogFormat};
 use sessiongate::token::KeySet;
+use sessiongate::token::load_keys;
 
 /// Envoy ext_authz server for Ory Kratos sessions.
 ///
@@ -285,7 +286,7 @@ fn check_config(path: Option<&PathBuf>, args: &ServeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if config.jwt.jwks_file.is_some() || config.jwt.pem_file.is_some() {
-        match load_keys(&config) {
+        match load_keys(&config.jwt) {
             Ok(keys) => println!(
                 "signing key: kid {} ({})",
                 keys.signing.kid, keys.signing.alg

@@ -194,8 +194,7 @@ async fn real_kratos_session_through_nginx() {
     // Logged out in Kratos (API logout) and invalidated: nginx now answers 401.
     k.api_logout(&token).await.unwrap();
     gate.handles
-        .authorizer
-        .cache()
+        .cache
         .invalidate_session(session["id"].as_str().unwrap())
         .await;
     let r = get(&nginx, "/api/me", &[("x-session-token", &token)]).await;

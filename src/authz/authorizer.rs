@@ -88,16 +88,6 @@ impl Authorizer {
         }
     }
 
-    /// The session cache (for invalidation and stats).
-    pub fn cache(&self) -> &Arc<SessionCache> {
-        &self.cache
-    }
-
-    /// The minter (for the JWKS endpoint and key rotation).
-    pub fn minter(&self) -> &Arc<Minter> {
-        &self.minter
-    }
-
     /// The denial for a request the proxy could not describe (counted like any decision).
     pub fn bad_request(&self, message: &str) -> Decision {
         let deny = self.shaper.bad_request(message);

@@ -9,58 +9,8 @@ use std::sync::Arc;
 
 pub use authorizer::Authorizer;
 
+pub use crate::headers::Headers;
 use crate::session::Aal;
-
-/// Request headers with lower-cased names, in arrival order; repeated names are kept apart.
-#[derive(Debug, Clone, Default)]
-pub struct Headers {
-    entries: Vec<(Box<str>, Box<str>)>,
-}
-
-impl Headers {
-    /// Headers with room for `n` entries.
-    pub fn with_capacity(n: usize) -> Headers {
-        Headers {
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    /// Adds a header; the name is lower-cased.
-    pub fn append(&mut self, name: &str, value: &str) {
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            name.to_ascii_lowercase().into_boxed_str()
-        } else {
-            name.into()
-        };
-        self.entries.push((name, value.into()));
-    }
-
-    /// The first value of `name` (lower-case).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| &**v)
-    }
-
-    /// Every value of `name` (lower-case).
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.entries
-            .iter()
-            .filter(move |(n, _)| &**n == name)
-            .map(|(_, v)| &**v)
-    }
-
-    /// Number of header entries.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// No headers at all.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
 
 /// Per-route settings (Envoy `context_extensions`, or forwarded-auth query parameters).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -349,14 +299,5 @@ mod tests {
         assert_eq!(h("max-age="), None);
         assert_eq!(h(",,,;;max-age"), None);
         assert_eq!(client_max_age(&Headers::default()), None);
-    }
-
-    #[test]
-    fn headers_lowercase_and_repeat() {
-        let mut h = Headers::default();
-        h.append("Cookie", "a=1");
-        h.append("cookie", "b=2");
-        assert_eq!(h.get("cookie"), Some("a=1"));
-        assert_eq!(h.get_all("cookie").collect::<Vec<_>>(), vec!["a=1", "b=2"]);
     }
 }

@@ -22,68 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::authz::{Authorizer, Decision, Headers, Request, RouteSettings};
-
-/// A CIDR block of trusted proxy addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?} has an invalid prefix length (0-{max})"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl Cidr {
-    /// Does the block contain `ip`? (IPv4-mapped IPv6 peers match IPv4 blocks.)
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
+use crate::config::Cidr;
 
 /// State of the forward-auth handler.
 #[derive(Debug, Clone)]
@@ -101,19 +40,6 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-}
-
-impl ForwardAuth {
-    /// Translates the forward-auth request into the domain request.
-    pub fn to_request(
-        &self,
-        peer: IpAddr,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-    ) -> Request {
-        to_request(&self.trusted, &self.prefix, peer, method, uri, headers)
-    }
 }
 
 /// Translates a forward-auth request into the domain request (see the module docs).
@@ -204,7 +130,7 @@ pub async fn check(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let req = fa.to_request(peer.ip(), &method, &uri, &headers);
+    let req = to_request(&fa.trusted, &fa.prefix, peer.ip(), &method, &uri, &headers);
     let redirect_as_401 = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "redirect_status=401"))
@@ -399,21 +325,5 @@ mod tests {
         let r = to_response(&deny, true);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["location"], "https://login");
-    }
-
-    #[test]
-    fn cidrs() {
-        let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
-        let c: Cidr = "::1".parse().unwrap();
-        assert!(c.contains("::1".parse().unwrap()));
-        assert!(!c.contains("127.0.0.1".parse().unwrap()));
-        let any: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(any.contains("8.8.8.8".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
     }
 }

@@ -23,7 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::grpc::admin::AdminToken;
+use crate::admin::{Admin, AdminToken, Via};
 use crate::session::cache::SessionCache;
 use crate::telemetry::Metrics;
 use crate::token::Minter;
@@ -57,8 +57,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// `Cache-Control: max-age` of the JWKS.
     pub jwks_max_age: Duration,
-    /// The admin token, when the admin surface is on.
-    pub admin: Option<AdminToken>,
+    /// The admin token and operations, when the admin surface is on.
+    pub admin: Option<(AdminToken, Admin)>,
     /// Forward-auth, when served on this port.
     pub forward: Option<forward::ForwardAuth>,
 }
@@ -156,7 +156,7 @@ async fn kratos_webhook(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(token) = &s.admin else {
+    let Some((token, admin)) = &s.admin else {
         return (
             StatusCode::NOT_FOUND,
             Json(r#"{"error":"admin API is not configured"}"#),
@@ -183,31 +183,37 @@ async fn kratos_webhook(
         )
             .into_response();
     };
-    let valid =
-        |id: &String| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    if req.identity_id.is_none() && req.session_id.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(r#"{"error":"identity_id or session_id required"}"#),
+        )
+            .into_response();
+    }
     let mut invalidated = 0;
-    match (req.identity_id.filter(valid), req.session_id.filter(valid)) {
-        (None, None) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(r#"{"error":"identity_id or session_id required"}"#),
-            )
-                .into_response();
+    if let Some(id) = &req.identity_id {
+        match admin.invalidate_identity(id, Via::Webhook).await {
+            Ok(n) => invalidated += n,
+            Err(_) => return bad_id_response(),
         }
-        (identity, session) => {
-            if let Some(id) = identity {
-                invalidated += s.cache.invalidate_identity(&id).await;
-                tracing::info!(identity_id = %id, "webhook: identity invalidated");
-            }
-            if let Some(id) = session {
-                invalidated += s.cache.invalidate_session(&id).await;
-                tracing::info!(session_id = %id, "webhook: session invalidated");
-            }
+    }
+    if let Some(id) = &req.session_id {
+        match admin.invalidate_session(id, Via::Webhook).await {
+            Ok(n) => invalidated += n,
+            Err(_) => return bad_id_response(),
         }
     }
     (
         [(header::CONTENT_TYPE, "application/json")],
         format!(r#"{{"invalidated":{invalidated}}}"#),
+    )
+        .into_response()
+}
+
+fn bad_id_response() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(r#"{"error":"ids must be 1-128 characters of A-Z, a-z, 0-9, '-' or '_'"}"#),
     )
         .into_response()
 }

@@ -685,11 +685,6 @@ impl SessionCache {
         }
     }
 
-    /// Entries currently cached (approximate).
-    pub fn entry_count(&self) -> u64 {
-        self.inner.entries.entry_count()
-    }
-
     /// Runs pending maintenance (expiry, eviction) now; tests use it for exact counts.
     pub async fn run_pending_tasks(&self) {
         self.inner.entries.run_pending_tasks().await;

@@ -15,6 +15,17 @@ use serde_json::Value;
 use crate::credentials::Credential;
 use crate::token::TokenSlot;
 
+/// The one rule for a Kratos session or identity id arriving from outside (admin API, webhook,
+/// a logout path): 1-128 characters of `A-Z a-z 0-9 - _` (Kratos ids are UUIDs). Ids are used
+/// in Redis key names and log lines, so nothing else gets in.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Authenticator assurance level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Aal {

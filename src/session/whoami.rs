@@ -67,11 +67,6 @@ impl WhoamiClient {
         })
     }
 
-    /// Whoami calls that may start right now.
-    pub fn available_permits(&self) -> usize {
-        self.permits.available_permits()
-    }
-
     async fn call(
         &self,
         credential: &Credential,

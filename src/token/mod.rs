@@ -229,6 +229,26 @@ impl Minter {
     }
 }
 
+/// Loads the signing keys named by the configuration, or generates an ephemeral key.
+pub fn load_keys(config: &JwtConfig) -> anyhow::Result<KeySet> {
+    if let Some(path) = &config.jwks_file {
+        let kid = config.signing_kid.as_deref().filter(|k| !k.is_empty());
+        return KeySet::from_jwks_file(path, kid)
+            .map_err(|e| anyhow::anyhow!("jwt.jwks_file: {e}"));
+    }
+    if let Some(path) = &config.pem_file {
+        return KeySet::from_pem_file(path).map_err(|e| anyhow::anyhow!("jwt.pem_file: {e}"));
+    }
+    let (keys, _) = KeySet::generate(config.ephemeral_algorithm, None)?;
+    tracing::warn!(
+        kid = %keys.signing.kid,
+        "NO SIGNING KEY CONFIGURED: using an ephemeral key that dies with this process. \
+         Every replica signs with a different key and tokens stop verifying after a restart. \
+         Generate one with `sessiongate keys generate` and set jwt.jwks_file."
+    );
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

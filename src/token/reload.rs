@@ -4,29 +4,23 @@
 
 use std::sync::Arc;
 
-use crate::app::load_keys;
-use crate::config::Config;
+use crate::config::JwtConfig;
 use crate::telemetry::{Metrics, ResultLabel};
-use crate::token::Minter;
+use crate::token::{Minter, load_keys};
 
 /// Watches the key file until `stop` resolves.
 pub async fn watch(
-    config: Config,
+    config: JwtConfig,
     minter: Arc<Minter>,
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let Some(path) = config
-        .jwt
-        .jwks_file
-        .clone()
-        .or_else(|| config.jwt.pem_file.clone())
-    else {
+    let Some(path) = config.jwks_file.clone().or_else(|| config.pem_file.clone()) else {
         return;
     };
     let fingerprint = || std::fs::read(&path).ok().map(|b| blake3::hash(&b));
     let mut last = fingerprint();
-    let interval = config.jwt.reload_interval;
+    let interval = config.reload_interval;
     let mut tick = (!interval.is_zero()).then(|| {
         let mut t = tokio::time::interval(interval);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

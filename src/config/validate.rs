@@ -1,0 +1,522 @@
+//! Semantic validation: what types cannot check (URLs, ranges, header names, pointers, files),
+//! one function per config section, each problem naming the field and the fix.
+
+use std::time::Duration;
+
+use super::Config;
+use super::load::{ConfigError, Problem};
+
+/// Collects problems in field order.
+#[derive(Default)]
+struct Report {
+    problems: Vec<Problem>,
+}
+
+impl Report {
+    fn add(&mut self, field: &str, message: String, fix: &str) {
+        self.problems.push(Problem {
+            field: field.into(),
+            message,
+            fix: fix.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Checks what types cannot: URLs, ranges, header names, pointers, files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every semantic problem, in field order.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut r = Report::default();
+        for section in [
+            listeners as fn(&Config, &mut Report),
+            whoami,
+            credentials,
+            cache,
+            redis,
+            forward_auth,
+            logout,
+            admin,
+            jwt,
+            upstream,
+            deny,
+            telemetry,
+            shutdown,
+        ] {
+            section(self, &mut r);
+        }
+        r.problems
+    }
+}
+
+/// Listener addresses and gRPC limits and TLS.
+fn listeners(c: &Config, r: &mut Report) {
+    if c.grpc.listen == c.http.listen && c.grpc.listen.port() != 0 {
+        r.add(
+            "http.listen",
+            format!("same address as grpc.listen ({})", c.grpc.listen),
+            "give the gRPC and HTTP listeners different ports",
+        );
+    }
+    if c.grpc.max_request_bytes < 4096 {
+        r.add(
+            "grpc.max_request_bytes",
+            format!(
+                "{} is too small for a CheckRequest",
+                c.grpc.max_request_bytes
+            ),
+            "use at least 4096 (default 1048576)",
+        );
+    }
+    if let Some(tls) = &c.grpc.tls {
+        for (field, path) in [
+            ("grpc.tls.cert_file", Some(&tls.cert_file)),
+            ("grpc.tls.key_file", Some(&tls.key_file)),
+            ("grpc.tls.client_ca_file", tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                r.add(
+                    field,
+                    format!("{} is not a readable file", path.display()),
+                    "point it at a PEM file (e.g. a mounted kubernetes.io/tls Secret)",
+                );
+            }
+        }
+        if tls.client_auth_optional && tls.client_ca_file.is_none() {
+            r.add(
+                "grpc.tls.client_auth_optional",
+                "has no effect without grpc.tls.client_ca_file".into(),
+                "set client_ca_file for mTLS, or remove client_auth_optional",
+            );
+        }
+    }
+}
+
+/// How Kratos is called.
+fn whoami(c: &Config, r: &mut Report) {
+    check_url(&c.whoami.base_url, "whoami.base_url", r);
+    if c.whoami.timeout.is_zero() {
+        r.add(
+            "whoami.timeout",
+            "must be greater than zero".into(),
+            "set e.g. 150ms, below Envoy's ext_authz timeout (200ms by default)",
+        );
+    } else if c.whoami.timeout >= Duration::from_secs(30) {
+        r.add(
+            "whoami.timeout",
+            format!("{:?} is longer than any proxy will wait", c.whoami.timeout),
+            "set e.g. 150ms, below Envoy's ext_authz timeout",
+        );
+    }
+    if c.whoami.connect_timeout.is_zero() {
+        r.add(
+            "whoami.connect_timeout",
+            "must be greater than zero".into(),
+            "set e.g. 100ms",
+        );
+    }
+    if c.whoami.max_concurrency == 0 {
+        r.add(
+            "whoami.max_concurrency",
+            "must be at least 1".into(),
+            "set e.g. 256",
+        );
+    }
+    if c.whoami.max_body_bytes < 1024 {
+        r.add(
+            "whoami.max_body_bytes",
+            format!("{} bytes cannot hold a session", c.whoami.max_body_bytes),
+            "use at least 1024 (default 1048576)",
+        );
+    }
+}
+
+/// Where credentials are looked for.
+fn credentials(c: &Config, r: &mut Report) {
+    if c.credentials.cookie_names.is_empty()
+        && c.credentials.cookie_prefixes.is_empty()
+        && !c.credentials.session_token_header
+        && !c.credentials.bearer
+    {
+        r.add(
+            "credentials",
+            "every credential source is switched off".into(),
+            "enable at least one of cookie_names, cookie_prefixes, session_token_header, bearer",
+        );
+    }
+    for (i, name) in c.credentials.cookie_names.iter().enumerate() {
+        if !is_cookie_name(name) {
+            r.add(
+                &format!("credentials.cookie_names[{i}]"),
+                format!("{name:?} is not a valid cookie name"),
+                "use RFC 6265 token characters only, e.g. ory_kratos_session",
+            );
+        }
+    }
+    for (i, name) in c.credentials.cookie_prefixes.iter().enumerate() {
+        if !is_cookie_name(name) {
+            r.add(
+                &format!("credentials.cookie_prefixes[{i}]"),
+                format!("{name:?} is not a valid cookie name prefix"),
+                "use RFC 6265 token characters only, e.g. ory_session_",
+            );
+        }
+    }
+    if c.credentials.max_length < 16 || c.credentials.max_length > 64 * 1024 {
+        r.add(
+            "credentials.max_length",
+            format!("{} is out of range", c.credentials.max_length),
+            "use a value between 16 and 65536 (default 4096)",
+        );
+    }
+}
+
+/// The session cache and its key secret.
+fn cache(c: &Config, r: &mut Report) {
+    if c.cache.ttl.is_zero() {
+        r.add(
+            "cache.ttl",
+            "must be greater than zero".into(),
+            "set e.g. 60s; lower means faster revocation and more whoami calls",
+        );
+    }
+    if c.cache.negative_ttl > c.cache.ttl {
+        r.add(
+            "cache.negative_ttl",
+            "is longer than cache.ttl".into(),
+            "keep it short (default 5s) so that a user who just logged in is not denied",
+        );
+    }
+    if c.cache.refresh_after > c.cache.ttl {
+        r.add(
+            "cache.refresh_after",
+            "is longer than cache.ttl, so entries are never refreshed ahead".into(),
+            "set it below cache.ttl (e.g. 75% of it), or equal to turn refresh-ahead off",
+        );
+    }
+    if c.cache.stale_if_error > Duration::from_secs(3600) {
+        r.add(
+            "cache.stale_if_error",
+            format!(
+                "{:?} would keep serving sessions an hour after Kratos stopped answering",
+                c.cache.stale_if_error
+            ),
+            "keep it short (e.g. 30s) or 0s to turn it off",
+        );
+    }
+    if c.cache.max_bytes < 64 * 1024 {
+        r.add(
+            "cache.max_bytes",
+            format!("{} bytes holds almost nothing", c.cache.max_bytes),
+            "use at least 65536; about 1.5 KiB per cached session (default 268435456)",
+        );
+    }
+    if let Some(secret) = &c.cache.key_secret
+        && secret.len() < 32
+    {
+        r.add(
+            "cache.key_secret",
+            "is shorter than 32 bytes".into(),
+            "use a random secret of at least 32 characters, e.g. `openssl rand -base64 48`",
+        );
+    }
+}
+
+/// The optional Redis tier.
+fn redis(c: &Config, r: &mut Report) {
+    if let Some(url) = &c.redis.url {
+        if !(url.starts_with("redis://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            r.add(
+                "redis.url",
+                "is not a redis:// URL".into(),
+                "use redis://host:6379/0 (TLS and Cluster are not supported by this build)",
+            );
+        }
+        if c.cache.key_secret.is_none() {
+            r.add(
+                "cache.key_secret",
+                "must be set when redis.url is set".into(),
+                "give every replica the same random secret (32+ characters) so they compute the same keys",
+            );
+        }
+        if c.redis.timeout.is_zero() || c.redis.timeout > Duration::from_secs(1) {
+            r.add(
+                "redis.timeout",
+                format!("{:?} is out of range", c.redis.timeout),
+                "use between 1ms and 1s (default 50ms): Redis must never slow a check down much",
+            );
+        }
+        if c.redis.degraded_ttl.is_zero() || c.redis.degraded_ttl > c.cache.ttl {
+            r.add(
+                "redis.degraded_ttl",
+                "must be greater than zero and at most cache.ttl".into(),
+                "use a few seconds (default 5s)",
+            );
+        }
+    }
+}
+
+/// The forward-auth endpoint.
+fn forward_auth(c: &Config, r: &mut Report) {
+    if !c.forward_auth.path.starts_with('/')
+        || c.forward_auth.path.len() < 2
+        || c.forward_auth.path.ends_with('/')
+    {
+        r.add(
+            "forward_auth.path",
+            format!("{:?} is not a path like /check", c.forward_auth.path),
+            "use an absolute path without a trailing slash, e.g. /check",
+        );
+    }
+    if let Some(l) = c.forward_auth.listen
+        && (l == c.grpc.listen || l == c.http.listen)
+        && l.port() != 0
+    {
+        r.add(
+            "forward_auth.listen",
+            format!("{l} is already used by another listener"),
+            "pick another port, or leave it unset to serve /check on the HTTP side port",
+        );
+    }
+}
+
+/// Logout awareness patterns.
+fn logout(c: &Config, r: &mut Report) {
+    for (i, pat) in c.logout.patterns.iter().enumerate() {
+        if !pat.path.starts_with('/') {
+            r.add(
+                &format!("logout.patterns[{i}].path"),
+                format!("{:?} is not an absolute path", pat.path),
+                "start it with /, e.g. /self-service/logout",
+            );
+        }
+        if pat.method.is_empty()
+            || !pat
+                .method
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'*')
+        {
+            r.add(
+                &format!("logout.patterns[{i}].method"),
+                format!("{:?} is not an upper-case HTTP method", pat.method),
+                "use GET, DELETE, POST … or *",
+            );
+        }
+    }
+}
+
+/// The admin API token.
+fn admin(c: &Config, r: &mut Report) {
+    if let Some(t) = &c.admin.token
+        && t.len() < 16
+    {
+        r.add(
+            "admin.token",
+            "is shorter than 16 characters".into(),
+            "use a random token of at least 32 characters, e.g. `openssl rand -hex 32`",
+        );
+    }
+    if c.admin.token.is_some() && c.admin.token_file.is_some() {
+        r.add(
+            "admin.token_file",
+            "both admin.token and admin.token_file are set".into(),
+            "set only one of them",
+        );
+    }
+    if let Some(path) = &c.admin.token_file
+        && !path.is_file()
+    {
+        r.add(
+            "admin.token_file",
+            format!("{} is not a readable file", path.display()),
+            "point it at a file holding the admin token",
+        );
+    }
+}
+
+/// The minted JWT.
+fn jwt(c: &Config, r: &mut Report) {
+    if c.jwt.issuer.is_empty() {
+        r.add(
+            "jwt.issuer",
+            "must not be empty".into(),
+            "set the URL upstream services expect in `iss`",
+        );
+    }
+    if c.jwt.ttl < Duration::from_secs(10) || c.jwt.ttl > Duration::from_secs(24 * 3600) {
+        r.add(
+            "jwt.ttl",
+            format!("{:?} is out of range", c.jwt.ttl),
+            "use between 10s and 24h (default 5m)",
+        );
+    }
+    if c.jwt.jwks_file.is_some() && c.jwt.pem_file.is_some() {
+        r.add(
+            "jwt.pem_file",
+            "both jwt.jwks_file and jwt.pem_file are set".into(),
+            "set only one of them",
+        );
+    }
+    for (field, path) in [
+        ("jwt.jwks_file", &c.jwt.jwks_file),
+        ("jwt.pem_file", &c.jwt.pem_file),
+    ] {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            r.add(
+                field,
+                format!("{} is not a readable file", path.display()),
+                "point it at a private key file; `sessiongate keys generate` makes one",
+            );
+        }
+    }
+    const RESERVED: [&str; 8] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid"];
+    for (claim, pointer) in &c.jwt.claims {
+        let field = format!("jwt.claims.{claim}");
+        if RESERVED.contains(&claim.as_str()) || (claim == "session" && c.jwt.include_session) {
+            r.add(
+                &field,
+                format!("{claim:?} is a registered claim set by sessiongate"),
+                "pick another claim name",
+            );
+        }
+        check_pointer(pointer, &field, r);
+    }
+}
+
+/// Headers sent upstream.
+fn upstream(c: &Config, r: &mut Report) {
+    if !is_header_name(&c.upstream.token_header) {
+        r.add(
+            "upstream.token_header",
+            format!(
+                "{:?} is not a lower-case header name",
+                c.upstream.token_header
+            ),
+            "use a lower-case HTTP header name such as authorization",
+        );
+    }
+    for (header, pointer) in &c.upstream.identity_headers {
+        let field = format!("upstream.identity_headers.{header}");
+        if !is_header_name(header) {
+            r.add(
+                &field,
+                format!("{header:?} is not a lower-case header name"),
+                "use a lower-case HTTP header name such as x-user-id",
+            );
+        }
+        check_pointer(pointer, &field, r);
+    }
+    for (i, header) in c.upstream.remove_headers.iter().enumerate() {
+        if !is_header_name(header) {
+            r.add(
+                &format!("upstream.remove_headers[{i}]"),
+                format!("{header:?} is not a lower-case header name"),
+                "use lower-case HTTP header names",
+            );
+        }
+    }
+}
+
+/// How denials look.
+fn deny(c: &Config, r: &mut Report) {
+    if let Some(url) = &c.deny.login_url {
+        check_url(url, "deny.login_url", r);
+    }
+    if let Some(url) = &c.deny.kratos_browser_url {
+        check_url(url, "deny.kratos_browser_url", r);
+    }
+    if c.deny.return_to_param.is_empty() {
+        r.add(
+            "deny.return_to_param",
+            "must not be empty".into(),
+            "use return_to (what Kratos expects)",
+        );
+    }
+}
+
+/// Logs and traces.
+fn telemetry(c: &Config, r: &mut Report) {
+    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+        r.add(
+            "log.level",
+            format!("{:?} is not a valid filter", c.log.level),
+            "use a level such as info, or directives like sessiongate=debug,info",
+        );
+    }
+    if !(0.0..=1.0).contains(&c.tracing.sample_ratio) {
+        r.add(
+            "tracing.sample_ratio",
+            format!("{} is not between 0 and 1", c.tracing.sample_ratio),
+            "use a fraction such as 0.1",
+        );
+    }
+    if c.tracing.enabled {
+        check_url(&c.tracing.otlp_endpoint, "tracing.otlp_endpoint", r);
+    }
+}
+
+/// Graceful shutdown.
+fn shutdown(c: &Config, r: &mut Report) {
+    if c.shutdown.drain_timeout.is_zero() {
+        r.add(
+            "shutdown.drain_timeout",
+            "must be greater than zero".into(),
+            "set e.g. 15s and keep Kubernetes' terminationGracePeriodSeconds longer",
+        );
+    }
+}
+
+fn check_url(url: &str, field: &str, r: &mut Report) {
+    match url.parse::<http::Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http") | Some("https"))
+                && u.authority().is_some() => {}
+        _ => r.add(
+            field,
+            format!("{url:?} is not an absolute http(s) URL"),
+            "use a URL like http://127.0.0.1:4433",
+        ),
+    }
+}
+
+fn check_pointer(pointer: &str, field: &str, r: &mut Report) {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        r.add(
+            field,
+            format!("{pointer:?} is not a JSON pointer"),
+            "use a JSON pointer into the whoami session, e.g. /identity/traits/email",
+        );
+    }
+}
+
+/// RFC 6265 cookie-name = token.
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(':')
+        && name != "host"
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}

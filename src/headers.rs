@@ -1,0 +1,67 @@
+//! Request headers as the domain sees them: lower-cased names, arrival order, repeats kept apart.
+//! A leaf: transports fill it, the domain reads it.
+
+/// Request headers with lower-cased names, in arrival order; repeated names are kept apart.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    entries: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Headers {
+    /// Headers with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Headers {
+        Headers {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds a header; the name is lower-cased.
+    pub fn append(&mut self, name: &str, value: &str) {
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into_boxed_str()
+        } else {
+            name.into()
+        };
+        self.entries.push((name, value.into()));
+    }
+
+    /// The first value of `name` (lower-case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Every value of `name` (lower-case).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Number of header entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No headers at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_lowercase_and_repeat() {
+        let mut h = Headers::default();
+        h.append("Cookie", "a=1");
+        h.append("cookie", "b=2");
+        assert_eq!(h.get("cookie"), Some("a=1"));
+        assert_eq!(h.get_all("cookie").collect::<Vec<_>>(), vec!["a=1", "b=2"]);
+    }
+}
