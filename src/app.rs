@@ -18,6 +18,7 @@ use crate::grpc::ExtAuthz;
 use crate::http::{HttpState, Readiness};
 use crate::session::Projection;
 use crate::session::cache::SessionCache;
+use crate::session::tier::SharedTier;
 use crate::session::whoami::WhoamiClient;
 use crate::telemetry::Metrics;
 use crate::token::Minter;
@@ -65,7 +66,12 @@ impl App {
         config.validate()?;
         let metrics = Metrics::new();
         let keys = crate::token::load_keys(&config.jwt)?;
-        let minter = Arc::new(Minter::new(&config.jwt, keys, metrics.clone()));
+        let minter = Arc::new(Minter::new(
+            &config.jwt,
+            keys,
+            config.cache.max_bytes / 4,
+            metrics.clone(),
+        ));
         let projection = Projection {
             claims: config
                 .jwt
@@ -90,7 +96,7 @@ impl App {
         // A lookup lasts at most the wait for a whoami slot plus the whoami deadline.
         let max_fetch = config.whoami.timeout + config.whoami.queue_timeout;
         let shared = match &config.redis.url {
-            Some(url) => Some(crate::session::redis::SharedCache::new(
+            Some(url) => Some(crate::session::redis::RedisTier::new(
                 &config.redis,
                 url,
                 metrics.clone(),
@@ -103,7 +109,9 @@ impl App {
             Arc::new(whoami),
             metrics.clone(),
             max_fetch,
-            shared.clone().map(|s| (s, config.redis.degraded_ttl)),
+            shared
+                .clone()
+                .map(|s| (s as Arc<dyn SharedTier>, config.redis.degraded_ttl)),
         ));
         let background = CancellationToken::new();
         if let Some(shared) = &shared {
@@ -272,6 +280,7 @@ impl App {
                 authorizer: handles.authorizer.clone(),
                 trusted: config.forward_auth.trusted_proxies.clone().into(),
                 prefix: config.forward_auth.path.as_str().into(),
+                trace_spans: config.tracing.enabled,
             });
         let (http_state, forward_task) = match (forward, forward_listener) {
             (Some(fa), Some(listener)) => {

@@ -19,6 +19,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat, TracingConfig};
+use crate::headers::Headers;
 
 /// `decision` and `reason` of one authorization decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -339,6 +340,35 @@ pub fn tracer_provider(
         )
         .build();
     Ok(Some(provider))
+}
+
+/// The `x-request-id` a client or proxy sent, fit for a log line or span: at most 128 printable
+/// ASCII characters, else absent (a client controls it).
+pub fn request_id(headers: &Headers) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// The span of one check, for either transport (`transport`: `grpc` or `forward_auth`), tagged
+/// with the request id and parented on the request's W3C trace context.
+pub fn check_span(transport: &'static str, method: &str, headers: &Headers) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "check",
+        otel.kind = "server",
+        otel.name = if transport == "grpc" {
+            "envoy.service.auth.v3.Authorization/Check"
+        } else {
+            "forward_auth.check"
+        },
+        transport,
+        http.request.method = %method,
+        request_id = request_id(headers).unwrap_or_default(),
+    );
+    let parent = extract_context(headers.get("traceparent"), headers.get("tracestate"));
+    let _ = span.set_parent(parent);
+    span
 }
 
 /// Extracts a W3C trace context from `traceparent`/`tracestate` values.

@@ -498,7 +498,7 @@ fn authorizer() -> &'static (tokio::runtime::Runtime, Authorizer) {
         let authorizer = {
             let _g = rt.enter();
             let (keys, _) = KeySet::generate(config.jwt.ephemeral_algorithm, None).unwrap();
-            let minter = Arc::new(Minter::new(&config.jwt, keys, metrics.clone()));
+            let minter = Arc::new(Minter::new(&config.jwt, keys, 1 << 20, metrics.clone()));
             let cache = Arc::new(SessionCache::new(
                 &config.cache,
                 Arc::new(ScriptedSource),

@@ -10,7 +10,7 @@ use crate::credentials::{CookieRewrite, Credential, CredentialError, Extractor};
 use crate::session::cache::{Freshness, SessionCache};
 use crate::session::{LookupContext, Outcome, Session, UpstreamError};
 use crate::telemetry::{Metrics, ResultLabel};
-use crate::token::Minter;
+use crate::token::{Minter, Principal};
 
 /// The decision engine.
 pub struct Authorizer {
@@ -117,6 +117,7 @@ impl Authorizer {
             decision = kind,
             reason,
             status,
+            request_id = crate::telemetry::request_id(&req.headers).unwrap_or_default(),
             method = %req.method,
             host = %req.host,
             // The query may carry secrets of other systems: log the path only.
@@ -289,7 +290,18 @@ impl Authorizer {
     }
 
     fn allow_session(&self, req: &Request, route: &RouteSettings, session: &Session) -> Decision {
-        let token = match self.minter.header_value(session, route.audience.as_deref()) {
+        let principal = Principal {
+            subject: &session.identity_id,
+            session_id: &session.id,
+            aal: session.aal.as_str(),
+            expires_at: session.expires_at,
+            extra_claims: &session.extra_claims,
+            generation: session.generation,
+        };
+        let token = match self
+            .minter
+            .header_value(&principal, route.audience.as_deref())
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot mint token; denying");

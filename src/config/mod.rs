@@ -185,7 +185,8 @@ pub struct CacheConfig {
     /// served (never past its `expires_at`, never after an invalidation). `0s` = off.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
-    /// Upper bound of the cache's weight in bytes (sessions plus minted tokens).
+    /// Upper bound of the session cache's weight in bytes; minted tokens are kept in a separate
+    /// cache bounded at a quarter of this.
     pub max_bytes: u64,
     /// Whether a request's `Cache-Control: max-age=N` (or `no-cache`) limits the age of the
     /// cached answer: `never`, `always`, or `route` (only where the route sets the

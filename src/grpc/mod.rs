@@ -174,21 +174,7 @@ impl Authorization for ExtAuthz {
             return Ok(Response::new(to_response(&deny)));
         };
         let decision = if self.trace_spans {
-            let span = tracing::info_span!(
-                "check",
-                otel.kind = "server",
-                otel.name = "envoy.service.auth.v3.Authorization/Check",
-                http.request.method = %req.method,
-                request_id = req.headers.get("x-request-id").unwrap_or_default(),
-            );
-            {
-                use tracing_opentelemetry::OpenTelemetrySpanExt;
-                let parent = crate::telemetry::extract_context(
-                    req.headers.get("traceparent"),
-                    req.headers.get("tracestate"),
-                );
-                let _ = span.set_parent(parent);
-            }
+            let span = crate::telemetry::check_span("grpc", &req.method, &req.headers);
             self.authorizer.check(&req).instrument(span).await
         } else {
             self.authorizer.check(&req).await

@@ -20,6 +20,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::authz::{Authorizer, Decision, Headers, Request, RouteSettings};
 use crate::config::Cidr;
@@ -33,6 +34,8 @@ pub struct ForwardAuth {
     pub trusted: Arc<[Cidr]>,
     /// Path prefix of the endpoint (`/check`).
     pub prefix: Arc<str>,
+    /// Create a span per check parented on the request's `traceparent` (when spans are exported).
+    pub trace_spans: bool,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -135,7 +138,12 @@ pub async fn check(
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "redirect_status=401"))
         && fa.trusted.iter().any(|c| c.contains(peer.ip()));
-    let mut decision = fa.authorizer.check(&req).await;
+    let mut decision = if fa.trace_spans {
+        let span = crate::telemetry::check_span("forward_auth", &req.method, &req.headers);
+        fa.authorizer.check(&req).instrument(span).await
+    } else {
+        fa.authorizer.check(&req).await
+    };
     // A proxy that copies `cookie` from our answer must get the cookies back even when there was
     // no session cookie to strip.
     if let Decision::Allow(allow) = &mut decision

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod redis;
+pub mod tier;
 pub mod whoami;
 
 use std::future::Future;
@@ -13,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::credentials::Credential;
-use crate::token::TokenSlot;
 
 /// The one rule for a Kratos session or identity id arriving from outside (admin API, webhook,
 /// a logout path): 1-128 characters of `A-Z a-z 0-9 - _` (Kratos ids are UUIDs). Ids are used
@@ -78,8 +78,14 @@ pub struct Session {
     /// Configured identity headers with their values; a header whose pointer found nothing or
     /// whose value cannot be a header value is absent (and so removed upstream).
     pub identity_headers: Vec<(Arc<str>, Box<str>)>,
-    /// Minted tokens for this session, per audience.
-    pub tokens: TokenSlot,
+    /// Unique per answer of the source ([`next_generation`]): minted tokens are cached under it.
+    pub generation: u64,
+}
+
+/// A number no other [`Session`] of this process has.
+pub fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Session {
@@ -101,7 +107,6 @@ impl Session {
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 32)
                 .sum::<usize>()
-            + self.tokens.weight()
     }
 }
 
@@ -251,7 +256,7 @@ impl Projection {
             expires_at,
             extra_claims: extra.into_boxed_str(),
             identity_headers,
-            tokens: TokenSlot::default(),
+            generation: next_generation(),
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Optional Redis layer for many replicas: a shared L2 session cache behind each replica's
+//! The Redis implementation of the [`SharedTier`]: a shared session cache behind each replica's
 //! in-process cache, and an invalidation broadcast on a pub/sub channel.
 //!
 //! - Keys are the L1 keys (keyed BLAKE3 hashes with the shared `cache.key_secret`), hex-encoded
@@ -18,156 +18,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use super::cache::CacheKey;
-use super::{Aal, Outcome, Session};
+use super::cache::key::{CacheKey, hex};
+use super::tier::{Invalidation, SharedTier, Stored, TierFuture};
 use crate::config::RedisConfig;
 use crate::telemetry::{Metrics, RedisLabels};
-use crate::token::TokenSlot;
-
-/// An invalidation, as broadcast between replicas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
-pub enum Invalidation {
-    /// One credential (its cache key, hex).
-    Key(String),
-    /// One Kratos session.
-    Session(String),
-    /// One Kratos identity.
-    Identity(String),
-    /// Everything.
-    All,
-}
-
-/// What is stored in Redis for one credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Stored {
-    /// `a` active session, `n` no session.
-    o: char,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    sid: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    iid: String,
-    #[serde(default)]
-    aal: u8,
-    /// Session `expires_at`, unix ms.
-    #[serde(default)]
-    exp: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    claims: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    hdrs: Vec<(String, String)>,
-    /// Usable until, unix ms.
-    until: u64,
-    /// Fresh until, unix ms.
-    fresh: u64,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-impl Stored {
-    /// Encodes an outcome with its wall-clock freshness bounds.
-    pub(crate) fn new(
-        outcome: &Outcome,
-        fresh_for: Duration,
-        usable_for: Duration,
-    ) -> Option<Stored> {
-        let now = SystemTime::now();
-        let (fresh, until) = (unix_ms(now + fresh_for), unix_ms(now + usable_for));
-        match outcome {
-            Outcome::Active(s) => Some(Stored {
-                o: 'a',
-                sid: s.id.clone(),
-                iid: s.identity_id.clone(),
-                aal: s.aal as u8,
-                exp: unix_ms(s.expires_at),
-                claims: s.extra_claims.to_string(),
-                hdrs: s
-                    .identity_headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                until,
-                fresh,
-            }),
-            Outcome::Unauthenticated => Some(Stored {
-                o: 'n',
-                sid: String::new(),
-                iid: String::new(),
-                aal: 0,
-                exp: 0,
-                claims: String::new(),
-                hdrs: vec![],
-                until,
-                fresh,
-            }),
-            Outcome::StepUpRequired { .. } => None,
-        }
-    }
-
-    /// Rebuilds the outcome and its remaining (fresh, usable) durations; `None` when expired or
-    /// malformed.
-    pub(crate) fn decode(&self) -> Option<(Outcome, Duration, Duration)> {
-        let now = unix_ms(SystemTime::now());
-        if self.until <= now {
-            return None;
-        }
-        let usable = Duration::from_millis(self.until - now);
-        let fresh = Duration::from_millis(self.fresh.saturating_sub(now)).min(usable);
-        let outcome = match self.o {
-            'n' => Outcome::Unauthenticated,
-            'a' => {
-                if self.sid.is_empty() || self.iid.is_empty() || self.exp <= now {
-                    return None;
-                }
-                let aal = match self.aal {
-                    1 => Aal::Aal1,
-                    2 => Aal::Aal2,
-                    3 => Aal::Aal3,
-                    _ => Aal::Aal0,
-                };
-                // Claims must be a JSON object body; reject anything else rather than mint it.
-                if !self.claims.is_empty()
-                    && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&format!(
-                        "{{{}}}",
-                        self.claims
-                    ))
-                    .is_err()
-                {
-                    return None;
-                }
-                Outcome::Active(Arc::new(Session {
-                    id: self.sid.clone(),
-                    identity_id: self.iid.clone(),
-                    aal,
-                    expires_at: UNIX_EPOCH + Duration::from_millis(self.exp),
-                    extra_claims: self.claims.clone().into_boxed_str(),
-                    identity_headers: self
-                        .hdrs
-                        .iter()
-                        .filter(|(_, v)| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
-                        .map(|(k, v)| (Arc::from(k.as_str()), v.clone().into_boxed_str()))
-                        .collect(),
-                    tokens: TokenSlot::default(),
-                }))
-            }
-            _ => return None,
-        };
-        Some((outcome, fresh, usable))
-    }
-}
 
 /// The shared cache and broadcast.
-pub struct SharedCache {
+pub struct RedisTier {
     client: redis::Client,
     conn: RwLock<Option<ConnectionManager>>,
     prefix: String,
@@ -196,31 +60,15 @@ end
 return 1
 ";
 
-impl std::fmt::Debug for SharedCache {
+impl std::fmt::Debug for RedisTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedCache")
+        f.debug_struct("RedisTier")
             .field("subscribed", &self.subscribed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-fn hex(key: &CacheKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses a hex cache key.
-pub fn unhex(s: &str) -> Option<CacheKey> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(key)
-}
-
-impl SharedCache {
+impl RedisTier {
     /// Prepares the client; connections are made (and remade) in the background.
     /// `max_fetch` bounds how long a lookup may take (queue wait plus whoami deadline): an
     /// invalidation's tombstone outlives any write of an answer fetched before it.
@@ -229,7 +77,7 @@ impl SharedCache {
         url: &str,
         metrics: Arc<Metrics>,
         max_fetch: Duration,
-    ) -> anyhow::Result<Arc<SharedCache>> {
+    ) -> anyhow::Result<Arc<RedisTier>> {
         use redis::IntoConnectionInfo;
         // TCP_NODELAY: small request/response and pub/sub frames must not wait for delayed ACKs.
         let info = url
@@ -237,7 +85,7 @@ impl SharedCache {
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
-        Ok(Arc::new(SharedCache {
+        Ok(Arc::new(RedisTier {
             client,
             conn: RwLock::new(None),
             prefix: config.key_prefix.clone(),
@@ -360,7 +208,7 @@ impl SharedCache {
     }
 
     /// Reads a shared entry; `None` on miss, error or timeout.
-    pub(crate) async fn get(&self, key: &CacheKey) -> Option<Stored> {
+    async fn get_entry(&self, key: &CacheKey) -> Option<Stored> {
         let mut conn = self.connection().await?;
         let k = self.key(key);
         match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(k)).await {
@@ -391,12 +239,14 @@ impl SharedCache {
     }
 
     /// Writes a shared entry and indexes it by session and identity (in the background).
-    pub(crate) fn put(self: &Arc<Self>, key: CacheKey, stored: Stored, ttl: Duration) {
+    fn put_entry(self: &Arc<Self>, key: CacheKey, stored: Stored, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move { this.write(&key, &stored, ttl).await });
+        tokio::spawn(async move {
+            this.write(&key, &stored, ttl).await;
+        });
     }
 
     /// Tombstone of one key (`k`), session (`s`) or identity (`i`).
@@ -431,7 +281,7 @@ impl SharedCache {
 
     /// Writes a shared entry now, unless an invalidation covering it happened within the
     /// tombstone window. Returns whether it was written.
-    pub(crate) async fn write(&self, key: &CacheKey, stored: &Stored, ttl: Duration) -> bool {
+    pub async fn write(&self, key: &CacheKey, stored: &Stored, ttl: Duration) -> bool {
         let Some(mut conn) = self.connection().await else {
             return false;
         };
@@ -442,11 +292,11 @@ impl SharedCache {
         let ms = ttl.as_millis().max(1) as u64;
         let mut tombs = vec![self.tomb("k", &hex(key)), self.tomb_all()];
         let mut indexes = Vec::new();
-        if stored.o == 'a' {
-            tombs.push(self.tomb("s", &stored.sid));
-            tombs.push(self.tomb("i", &stored.iid));
-            indexes.push(self.index("s", &stored.sid));
-            indexes.push(self.index("i", &stored.iid));
+        if let Some((sid, iid)) = stored.ids() {
+            tombs.push(self.tomb("s", sid));
+            tombs.push(self.tomb("i", iid));
+            indexes.push(self.index("s", sid));
+            indexes.push(self.index("i", iid));
         }
         let mut inv = self.put_script.prepare_invoke();
         inv.key(&k);
@@ -480,7 +330,7 @@ impl SharedCache {
     }
 
     /// Deletes the shared entries an invalidation covers and publishes it to every replica.
-    pub async fn broadcast(&self, inv: &Invalidation) {
+    async fn publish(&self, inv: &Invalidation) {
         let Some(mut conn) = self.connection().await else {
             self.count("publish", "error");
             return;
@@ -559,9 +409,22 @@ impl SharedCache {
     }
 }
 
-/// Hex form of a cache key, for [`Invalidation::Key`].
-pub fn key_hex(key: &CacheKey) -> String {
-    hex(key)
+impl SharedTier for RedisTier {
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>> {
+        Box::pin(self.get_entry(key))
+    }
+
+    fn put(self: Arc<Self>, key: CacheKey, stored: Stored, ttl: Duration) {
+        self.put_entry(key, stored, ttl);
+    }
+
+    fn broadcast<'a>(&'a self, inv: &'a Invalidation) -> TierFuture<'a, ()> {
+        Box::pin(self.publish(inv))
+    }
+
+    fn healthy(&self) -> bool {
+        self.subscribed()
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +434,9 @@ mod redis_server;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{Aal, Outcome, Session};
+    use redis::AsyncCommands;
+    use std::time::SystemTime;
 
     fn active(sid: &str, iid: &str) -> Stored {
         let s = Session {
@@ -580,7 +446,7 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(600),
             extra_claims: "".into(),
             identity_headers: vec![],
-            tokens: TokenSlot::default(),
+            generation: crate::session::next_generation(),
         };
         Stored::new(
             &Outcome::Active(Arc::new(s)),
@@ -601,7 +467,7 @@ mod tests {
         };
         // Window: 0 + 2 × 200 ms + 1 s.
         let shared =
-            SharedCache::new(&config, &server.url(), Metrics::new(), Duration::ZERO).unwrap();
+            RedisTier::new(&config, &server.url(), Metrics::new(), Duration::ZERO).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         shared.start(Arc::new(|_| {}), stop.clone());
         for _ in 0..200 {
@@ -652,65 +518,5 @@ mod tests {
         );
         assert!(shared.get(&k1).await.is_some());
         stop.cancel();
-    }
-
-    #[test]
-    fn stored_round_trip_and_rejects_garbage() {
-        let s = Session {
-            id: "s".into(),
-            identity_id: "i".into(),
-            aal: Aal::Aal2,
-            expires_at: SystemTime::now() + Duration::from_secs(600),
-            extra_claims: r#""email":"a@b""#.into(),
-            identity_headers: vec![("x-user-id".into(), "i".into())],
-            tokens: TokenSlot::default(),
-        };
-        let st = Stored::new(
-            &Outcome::Active(Arc::new(s)),
-            Duration::from_secs(45),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let json = serde_json::to_string(&st).unwrap();
-        let back: Stored = serde_json::from_str(&json).unwrap();
-        let (o, fresh, usable) = back.decode().unwrap();
-        let Outcome::Active(s) = o else { panic!() };
-        assert_eq!(
-            (s.id.as_str(), s.identity_id.as_str(), s.aal),
-            ("s", "i", Aal::Aal2)
-        );
-        assert_eq!(&*s.extra_claims, r#""email":"a@b""#);
-        assert!(fresh <= usable && usable <= Duration::from_secs(60));
-        let mut bad = back.clone();
-        bad.claims = "\"a\":1}, {\"x\"".into();
-        assert!(bad.decode().is_none());
-        let mut expired = back.clone();
-        expired.until = 1;
-        assert!(expired.decode().is_none());
-        assert!(
-            Stored::new(
-                &Outcome::StepUpRequired {
-                    redirect_browser_to: None
-                },
-                Duration::ZERO,
-                Duration::ZERO
-            )
-            .is_none()
-        );
-    }
-
-    #[test]
-    fn invalidation_wire_format() {
-        assert_eq!(
-            serde_json::to_string(&Invalidation::Session("x".into())).unwrap(),
-            r#"{"kind":"session","id":"x"}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Invalidation::All).unwrap(),
-            r#"{"kind":"all"}"#
-        );
-        let k = [7u8; 32];
-        assert_eq!(unhex(&hex(&k)), Some(k));
-        assert_eq!(unhex("zz"), None);
     }
 }

@@ -6,7 +6,7 @@ pub mod keys;
 pub mod reload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -15,7 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 pub use keys::{KeyError, KeySet};
 
 use crate::config::JwtConfig;
-use crate::session::Session;
 use crate::telemetry::Metrics;
 
 /// A minted token, as the ready-to-send header value `Bearer <jwt>`.
@@ -28,20 +27,33 @@ struct Minted {
     generation: u64,
 }
 
-/// Per-session store of minted tokens (one per audience variant; a handful at most).
-#[derive(Debug, Default)]
-pub struct TokenSlot {
-    minted: Mutex<Vec<Minted>>,
+/// Whom a token is minted for, borrowed from the source that proved it (a Kratos session today).
+/// `generation` identifies this answer of the source: minted tokens are cached under it and the
+/// audience, so a refreshed answer (new claims, new AAL) never gets an older answer's token.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    /// `sub`: the identity.
+    pub subject: &'a str,
+    /// `sid`: the session.
+    pub session_id: &'a str,
+    /// `aal`: Kratos' spelling of the assurance level.
+    pub aal: &'a str,
+    /// The token never outlives this.
+    pub expires_at: SystemTime,
+    /// Configured extra claims, pre-serialised as `"name":value` pairs joined by `,`.
+    pub extra_claims: &'a str,
+    /// Unique per answer of the source (see above).
+    pub generation: u64,
 }
 
-impl TokenSlot {
-    /// Approximate heap bytes, for cache weighing.
-    pub fn weight(&self) -> usize {
-        self.minted
-            .lock()
-            .map(|m| m.iter().map(|t| t.header_value.len() + 64).sum())
-            .unwrap_or(0)
-    }
+/// Minted tokens, per principal generation and audience, bounded in bytes.
+type TokenCache = moka::sync::Cache<(u64, u64), Arc<Minted>>;
+
+fn audience_hash(audience: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    audience.hash(&mut h);
+    h.finish()
 }
 
 /// Why a token could not be minted.
@@ -68,6 +80,7 @@ pub struct Minter {
     issuer_json: String,
     default_audience_json: Option<String>,
     ttl: Duration,
+    tokens: TokenCache,
     metrics: Arc<Metrics>,
 }
 
@@ -99,9 +112,16 @@ impl Signer {
 }
 
 impl Minter {
-    /// Builds a minter around loaded keys.
-    pub fn new(config: &JwtConfig, keys: KeySet, metrics: Arc<Metrics>) -> Minter {
+    /// Builds a minter around loaded keys; minted tokens are kept up to `max_bytes`.
+    pub fn new(config: &JwtConfig, keys: KeySet, max_bytes: u64, metrics: Arc<Metrics>) -> Minter {
         Minter {
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, t: &Arc<Minted>| {
+                    u32::try_from(t.header_value.len() + 160).unwrap_or(u32::MAX)
+                })
+                .time_to_live(config.ttl)
+                .build(),
             signer: RwLock::new(Arc::new(Signer::new(keys))),
             generation: AtomicU64::new(0),
             issuer_json: serde_json::to_string(&config.issuer).unwrap_or_default(),
@@ -135,69 +155,62 @@ impl Minter {
         self.signer().keys.signing.kid.clone()
     }
 
-    /// `Bearer <jwt>` for the session and audience (`None`: the configured default), reusing a
-    /// cached token while more than 10 % of its lifetime remains.
+    /// `Bearer <jwt>` for the principal and audience (`None`: the configured default), reusing
+    /// a cached token while more than 10 % of its lifetime remains.
     pub fn header_value(
         &self,
-        session: &Session,
+        principal: &Principal<'_>,
         audience: Option<&str>,
     ) -> Result<Arc<str>, MintError> {
         let now = SystemTime::now();
         let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let generation = self.generation.load(Ordering::SeqCst);
+        let key = (principal.generation, audience_hash(audience));
+        if let Some(t) = self.tokens.get(&key)
+            && t.audience.as_deref() == audience
         {
-            let minted = session
-                .tokens
-                .minted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = minted.iter().find(|t| t.audience.as_deref() == audience) {
-                let lifetime = t.exp.saturating_sub(t.iat);
-                if t.generation == generation && t.exp > now_s && (t.exp - now_s) * 10 > lifetime {
-                    return Ok(t.header_value.clone());
-                }
+            let lifetime = t.exp.saturating_sub(t.iat);
+            if t.generation == generation && t.exp > now_s && (t.exp - now_s) * 10 > lifetime {
+                return Ok(t.header_value.clone());
             }
         }
-        let session_end = session
+        let end = principal
             .expires_at
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let exp = (now_s + self.ttl.as_secs()).min(session_end);
+        let exp = (now_s + self.ttl.as_secs()).min(end);
         if exp <= now_s {
             return Err(MintError::SessionEnded);
         }
-        let jwt = self.sign(session, audience, now_s, exp)?;
+        let jwt = self.sign(principal, audience, now_s, exp)?;
         let header_value: Arc<str> = format!("Bearer {jwt}").into();
-        let mut minted = session
-            .tokens
-            .minted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        minted.retain(|t| t.audience.as_deref() != audience);
-        minted.push(Minted {
-            audience: audience.map(Into::into),
-            header_value: header_value.clone(),
-            iat: now_s,
-            exp,
-            generation,
-        });
+        self.tokens.insert(
+            key,
+            Arc::new(Minted {
+                audience: audience.map(Into::into),
+                header_value: header_value.clone(),
+                iat: now_s,
+                exp,
+                generation,
+            }),
+        );
         Ok(header_value)
     }
 
     fn sign(
         &self,
-        session: &Session,
+        principal: &Principal<'_>,
         audience: Option<&str>,
         iat: u64,
         exp: u64,
     ) -> Result<String, MintError> {
         let signer = self.signer();
-        let mut claims = String::with_capacity(256 + session.extra_claims.len());
+        let mut claims = String::with_capacity(256 + principal.extra_claims.len());
         claims.push_str("{\"iss\":");
         claims.push_str(&self.issuer_json);
         claims.push_str(",\"sub\":");
-        claims.push_str(&serde_json::to_string(&session.identity_id).unwrap_or_default());
+        claims.push_str(&serde_json::to_string(principal.subject).unwrap_or_default());
         let aud = match audience {
             Some(a) => Some(serde_json::to_string(a).unwrap_or_default()),
             None => self.default_audience_json.clone(),
@@ -210,11 +223,12 @@ impl Minter {
             ",\"iat\":{iat},\"nbf\":{iat},\"exp\":{exp},\"jti\":\"{}\",\"sid\":",
             uuid::Uuid::new_v4()
         ));
-        claims.push_str(&serde_json::to_string(&session.id).unwrap_or_default());
-        claims.push_str(&format!(",\"aal\":\"{}\"", session.aal.as_str()));
-        if !session.extra_claims.is_empty() {
+        claims.push_str(&serde_json::to_string(principal.session_id).unwrap_or_default());
+        claims.push_str(",\"aal\":");
+        claims.push_str(&serde_json::to_string(principal.aal).unwrap_or_default());
+        if !principal.extra_claims.is_empty() {
             claims.push(',');
-            claims.push_str(&session.extra_claims);
+            claims.push_str(principal.extra_claims);
         }
         claims.push('}');
         let mut jwt = String::with_capacity(signer.header_b64.len() + claims.len() * 4 / 3 + 400);
@@ -253,17 +267,19 @@ pub fn load_keys(config: &JwtConfig) -> anyhow::Result<KeySet> {
 mod tests {
     use super::*;
     use crate::config::Algorithm;
-    use crate::session::Aal;
 
-    fn session(expires_in: u64) -> Session {
-        Session {
-            id: "sid-1".into(),
-            identity_id: "id-1".into(),
-            aal: Aal::Aal1,
+    fn session(expires_in: u64) -> Principal<'static> {
+        Principal {
+            subject: "id-1",
+            session_id: "sid-1",
+            aal: "aal1",
             expires_at: SystemTime::now() + Duration::from_secs(expires_in),
-            extra_claims: r#""email":"a@b.c""#.into(),
-            identity_headers: vec![],
-            tokens: TokenSlot::default(),
+            extra_claims: r#""email":"a@b.c""#,
+            // Each call stands for a new answer of the source.
+            generation: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
@@ -273,7 +289,7 @@ mod tests {
             audience: vec!["app".into()],
             ..JwtConfig::default()
         };
-        Minter::new(&config, keys, Metrics::new())
+        Minter::new(&config, keys, 1 << 20, Metrics::new())
     }
 
     fn claims(header_value: &str) -> serde_json::Value {
@@ -288,6 +304,10 @@ mod tests {
         let s = session(3600);
         let a = m.header_value(&s, None).unwrap();
         let c = claims(&a);
+        assert!(
+            !Arc::ptr_eq(&a, &m.header_value(&session(3600), None).unwrap()),
+            "a new answer of the source gets its own token"
+        );
         assert_eq!(c["sub"], "id-1");
         assert_eq!(c["sid"], "sid-1");
         assert_eq!(c["aud"], "app");

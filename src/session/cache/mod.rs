@@ -27,14 +27,18 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use tracing::Instrument;
 
-use super::redis::{Invalidation, SharedCache, Stored};
+use super::tier::{SharedTier, Stored};
 use super::{Answer, LookupContext, Outcome, SessionSource, UpstreamError};
 use crate::config::CacheConfig;
-use crate::credentials::{Credential, CredentialKind};
+use crate::credentials::Credential;
 use crate::telemetry::{KindLabel, Metrics};
 
-/// A keyed hash of a credential.
-pub type CacheKey = [u8; 32];
+mod index;
+mod invalidate;
+pub mod key;
+
+use index::Index;
+use key::{CacheKey, KeyHasher};
 
 /// What the cache stores for one credential.
 #[derive(Debug)]
@@ -100,96 +104,6 @@ enum Tomb {
     Identity(Box<str>),
 }
 
-/// A 128-bit hash of a session or identity id: the index keys, inline (no allocation per entry).
-/// A collision would only make an invalidation drop one more entry (one extra whoami call).
-type IdHash = u128;
-
-fn id_hash(id: &str) -> IdHash {
-    let h = blake3::hash(id.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h.as_bytes()[..16]);
-    u128::from_le_bytes(b)
-}
-
-/// The cache keys of one session or identity: almost always one, kept inline.
-#[derive(Debug, Clone)]
-enum Keys {
-    One(CacheKey),
-    Many(Vec<CacheKey>),
-}
-
-impl Keys {
-    fn add(&mut self, key: CacheKey) {
-        match self {
-            Keys::One(k) if *k == key => {}
-            Keys::One(k) => *self = Keys::Many(vec![*k, key]),
-            Keys::Many(v) if !v.contains(&key) => v.push(key),
-            Keys::Many(_) => {}
-        }
-    }
-
-    /// Removes `key`; true when no key is left.
-    fn remove(&mut self, key: &CacheKey) -> bool {
-        match self {
-            Keys::One(k) => k == key,
-            Keys::Many(v) => {
-                v.retain(|k| k != key);
-                if let [only] = v.as_slice() {
-                    *self = Keys::One(*only);
-                    return false;
-                }
-                v.is_empty()
-            }
-        }
-    }
-
-    fn to_vec(&self) -> Vec<CacheKey> {
-        match self {
-            Keys::One(k) => vec![*k],
-            Keys::Many(v) => v.clone(),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Index {
-    by_session: HashMap<IdHash, Keys>,
-    by_identity: HashMap<IdHash, Keys>,
-}
-
-impl Index {
-    fn add(&mut self, key: CacheKey, sid: &str, iid: &str) {
-        for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
-            map.entry(id_hash(id))
-                .and_modify(|keys| keys.add(key))
-                .or_insert(Keys::One(key));
-        }
-    }
-
-    fn remove(&mut self, key: &CacheKey, sid: &str, iid: &str) {
-        for (map, id) in [(&mut self.by_session, sid), (&mut self.by_identity, iid)] {
-            let h = id_hash(id);
-            if map.get_mut(&h).is_some_and(|keys| keys.remove(key)) {
-                map.remove(&h);
-            }
-        }
-    }
-
-    fn session(&self, id: &str) -> Vec<CacheKey> {
-        self.by_session
-            .get(&id_hash(id))
-            .map(Keys::to_vec)
-            .unwrap_or_default()
-    }
-
-    fn identity(&self, id: &str) -> Vec<CacheKey> {
-        self.by_identity
-            .get(&id_hash(id))
-            .map(Keys::to_vec)
-            .unwrap_or_default()
-    }
-}
-
 /// Cache figures for the admin API.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheStats {
@@ -203,7 +117,7 @@ struct Inner {
     entries: Cache<CacheKey, Arc<Cached>>,
     source: Arc<dyn SessionSource>,
     metrics: Arc<Metrics>,
-    hash_key: [u8; 32],
+    keys: KeyHasher,
     ttl: Duration,
     refresh_after: Duration,
     negative_ttl: Duration,
@@ -214,7 +128,7 @@ struct Inner {
     index: Arc<Mutex<Index>>,
     tombs: Mutex<HashMap<Tomb, Instant>>,
     all_invalidated_at: Mutex<Option<Instant>>,
-    l2: Option<Arc<SharedCache>>,
+    tier: Option<Arc<dyn SharedTier>>,
     degraded_ttl: Duration,
 }
 
@@ -255,12 +169,8 @@ impl SessionCache {
         source: Arc<dyn SessionSource>,
         metrics: Arc<Metrics>,
         max_fetch: Duration,
-        shared: Option<(Arc<SharedCache>, Duration)>,
+        shared: Option<(Arc<dyn SharedTier>, Duration)>,
     ) -> SessionCache {
-        let hash_key = match &config.key_secret {
-            Some(secret) => blake3::derive_key("sessiongate 2026 cache key v1", secret.as_bytes()),
-            None => rand::random(),
-        };
         let index: Arc<Mutex<Index>> = Arc::default();
         let listener_index = index.clone();
         let listener_metrics = metrics.clone();
@@ -289,7 +199,7 @@ impl SessionCache {
                 entries,
                 source,
                 metrics,
-                hash_key,
+                keys: KeyHasher::new(config.key_secret.as_deref()),
                 ttl: config.ttl,
                 refresh_after: config.refresh_after.min(config.ttl),
                 negative_ttl: config.negative_ttl,
@@ -301,25 +211,14 @@ impl SessionCache {
                 tombs: Mutex::default(),
                 all_invalidated_at: Mutex::default(),
                 degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
-                l2: shared.map(|(l2, _)| l2),
+                tier: shared.map(|(tier, _)| tier),
             }),
         }
     }
 
-    /// The cache key of a credential: BLAKE3 keyed with a secret, over kind, cookie name and value.
+    /// The cache key of a credential.
     pub fn key_for(&self, credential: &Credential) -> CacheKey {
-        let mut h = blake3::Hasher::new_keyed(&self.inner.hash_key);
-        h.update(&[match credential.kind {
-            CredentialKind::Cookie => b'c',
-            // Kratos treats a bearer session token exactly like X-Session-Token.
-            CredentialKind::SessionToken | CredentialKind::Bearer => b't',
-        }]);
-        if let Some(name) = &credential.cookie_name {
-            h.update(name.as_bytes());
-        }
-        h.update(&[0]);
-        h.update(credential.expose().as_bytes());
-        *h.finalize().as_bytes()
+        self.inner.keys.key_for(credential)
     }
 
     /// Looks the credential up, asking the source at most once for concurrent callers.
@@ -439,8 +338,8 @@ impl SessionCache {
             let started = Instant::now();
             // While Redis is known to be down (subscription lost), do not pay its timeout on
             // every miss: go straight to Kratos.
-            if let Some(l2) = inner.l2.as_ref().filter(|l2| l2.subscribed())
-                && let Some(stored) = l2.get(&key).await
+            if let Some(tier) = inner.tier.as_ref().filter(|t| t.healthy())
+                && let Some(stored) = tier.get(&key).await
                 && let Some((outcome, fresh, usable)) = stored.decode()
             {
                 let cached = self.cached(outcome, fresh, usable);
@@ -479,12 +378,12 @@ impl SessionCache {
                 lock(&inner.index).add(key, sid, iid);
             }
             inner.entries.insert(key, cached.clone()).await;
-            if let Some(l2) = inner.l2.as_ref().filter(|l2| l2.subscribed()) {
+            if let Some(tier) = inner.tier.as_ref().filter(|t| t.healthy()) {
                 let now = Instant::now();
                 let fresh = cached.fresh_until.saturating_duration_since(now);
                 let usable = cached.usable_until.saturating_duration_since(now);
                 if let Some(stored) = Stored::new(&cached.outcome, fresh, usable) {
-                    l2.put(key, stored, usable);
+                    tier.clone().put(key, stored, usable);
                 }
             }
             return Ok(cached);
@@ -492,34 +391,9 @@ impl SessionCache {
         unreachable!("the loop returns on its second attempt")
     }
 
-    fn tombstoned(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
-        if lock(&self.inner.all_invalidated_at).is_some_and(|t| t >= since) {
-            return true;
-        }
-        let tombs = lock(&self.inner.tombs);
-        if tombs.is_empty() {
-            return false;
-        }
-        [
-            Tomb::Key(*key),
-            Tomb::Session(sid.into()),
-            Tomb::Identity(iid.into()),
-        ]
-        .iter()
-        .any(|t| tombs.get(t).is_some_and(|at| *at >= since))
-    }
-
-    fn bury(&self, tomb: Tomb) {
-        let now = Instant::now();
-        let mut tombs = lock(&self.inner.tombs);
-        let ttl = self.inner.tomb_ttl;
-        tombs.retain(|_, at| now.duration_since(*at) < ttl);
-        tombs.insert(tomb, now);
-    }
-
     /// Is this replica missing invalidations (Redis configured, subscription down)?
     fn degraded(&self) -> bool {
-        self.inner.l2.as_ref().is_some_and(|l2| !l2.subscribed())
+        self.inner.tier.as_ref().is_some_and(|t| !t.healthy())
     }
 
     fn to_cached(&self, answer: Answer) -> Result<Arc<Cached>, Uncached> {
@@ -558,8 +432,8 @@ impl SessionCache {
         let (keep, weight) = match &outcome {
             Outcome::Active(s) => {
                 let keep = (usable + inner.stale_if_error).min(s.remaining(SystemTime::now()));
-                // Session, the minted token(s) it will carry (~3× the claims, base64 + signature), overhead.
-                let weight = s.weight() + 2 * (400 + s.extra_claims.len() * 4 / 3) + 256;
+                // The session and the entry's own overhead (minted tokens live in the minter).
+                let weight = s.weight() + 256;
                 (keep, weight)
             }
             _ => (usable, 160),
@@ -572,109 +446,6 @@ impl SessionCache {
             keep_until: now + keep,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         })
-    }
-
-    /// Applies an invalidation received from another replica (no re-broadcast).
-    pub async fn apply_remote(&self, inv: Invalidation) {
-        match inv {
-            Invalidation::Key(hex) => {
-                if let Some(key) = super::redis::unhex(&hex) {
-                    self.bury(Tomb::Key(key));
-                    self.inner.entries.remove(&key).await;
-                }
-            }
-            Invalidation::Session(id) => {
-                self.invalidate_session_local(&id).await;
-            }
-            Invalidation::Identity(id) => {
-                self.invalidate_identity_local(&id).await;
-            }
-            Invalidation::All => {
-                self.invalidate_all_local().await;
-            }
-        }
-    }
-
-    async fn broadcast(&self, inv: Invalidation) {
-        if let Some(l2) = &self.inner.l2 {
-            l2.broadcast(&inv).await;
-        }
-    }
-
-    /// Drops the entry for one credential. Returns the number of entries dropped (0 or 1).
-    pub async fn invalidate_credential(&self, credential: &Credential) -> u64 {
-        let key = self.key_for(credential);
-        self.bury(Tomb::Key(key));
-        let n = u64::from(self.inner.entries.remove(&key).await.is_some());
-        self.count_invalidation("credential");
-        self.broadcast(Invalidation::Key(super::redis::key_hex(&key)))
-            .await;
-        n
-    }
-
-    /// Drops every entry of one Kratos session (on every replica, with Redis).
-    pub async fn invalidate_session(&self, session_id: &str) -> u64 {
-        let n = self.invalidate_session_local(session_id).await;
-        self.broadcast(Invalidation::Session(session_id.into()))
-            .await;
-        n
-    }
-
-    async fn invalidate_session_local(&self, session_id: &str) -> u64 {
-        self.bury(Tomb::Session(session_id.into()));
-        let keys = lock(&self.inner.index).session(session_id);
-        self.count_invalidation("session");
-        self.remove_keys(keys).await
-    }
-
-    /// Drops every entry of one Kratos identity (on every replica, with Redis).
-    pub async fn invalidate_identity(&self, identity_id: &str) -> u64 {
-        let n = self.invalidate_identity_local(identity_id).await;
-        self.broadcast(Invalidation::Identity(identity_id.into()))
-            .await;
-        n
-    }
-
-    async fn invalidate_identity_local(&self, identity_id: &str) -> u64 {
-        self.bury(Tomb::Identity(identity_id.into()));
-        let keys = lock(&self.inner.index).identity(identity_id);
-        self.count_invalidation("identity");
-        self.remove_keys(keys).await
-    }
-
-    /// Drops everything (on every replica, with Redis).
-    pub async fn invalidate_all(&self) -> u64 {
-        let n = self.invalidate_all_local().await;
-        self.broadcast(Invalidation::All).await;
-        n
-    }
-
-    async fn invalidate_all_local(&self) -> u64 {
-        *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
-        self.inner.entries.run_pending_tasks().await;
-        let n = self.inner.entries.entry_count();
-        self.inner.entries.invalidate_all();
-        self.inner.entries.run_pending_tasks().await;
-        self.count_invalidation("all");
-        n
-    }
-
-    async fn remove_keys(&self, keys: Vec<CacheKey>) -> u64 {
-        let mut n = 0;
-        for k in keys {
-            if self.inner.entries.remove(&k).await.is_some() {
-                n += 1;
-            }
-        }
-        n
-    }
-
-    fn count_invalidation(&self, kind: &'static str) {
-        self.inner
-            .metrics
-            .cache_invalidations
-            .get_or_create(&KindLabel { kind })
-            .inc();
     }
 
     /// Entries and weighted size (approximate: pending maintenance is not counted).
@@ -694,8 +465,8 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::CredentialKind;
     use crate::session::{LookupFuture, Session};
-    use crate::token::TokenSlot;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     type AnswerFn = Box<dyn Fn() -> Result<Answer, UpstreamError> + Send + Sync>;
@@ -733,7 +504,7 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(secs),
             extra_claims: "".into(),
             identity_headers: vec![],
-            tokens: TokenSlot::default(),
+            generation: crate::session::next_generation(),
         })
     }
 
@@ -980,26 +751,6 @@ mod tests {
             assert!(get(&c, "a").await.is_err());
             // 429 is not an error stale_if_error covers.
         }
-    }
-
-    #[test]
-    fn the_index_keeps_every_key_of_a_session_and_forgets_removed_ones() {
-        let mut ix = Index::default();
-        let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        ix.add(k1, "s1", "i1");
-        ix.add(k1, "s1", "i1");
-        assert_eq!(ix.session("s1"), vec![k1], "adding twice keeps one");
-        ix.add(k2, "s1", "i1");
-        ix.add(k3, "s3", "i1");
-        assert_eq!(ix.session("s1"), vec![k1, k2]);
-        assert_eq!(ix.identity("i1"), vec![k1, k2, k3]);
-        assert!(ix.session("s2").is_empty());
-        ix.remove(&k1, "s1", "i1");
-        assert_eq!(ix.session("s1"), vec![k2]);
-        assert_eq!(ix.identity("i1"), vec![k2, k3]);
-        ix.remove(&k2, "s1", "i1");
-        ix.remove(&k3, "s3", "i1");
-        assert!(ix.by_session.is_empty() && ix.by_identity.is_empty());
     }
 
     #[tokio::test]
