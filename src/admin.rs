@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::credentials::bearer_token;
-use crate::session::cache::{CacheStats, SessionCache};
+use crate::session::cache::{BroadcastFailed, CacheStats, SessionCache};
 use crate::session::is_valid_id;
 
 /// A configured admin token; presented tokens are compared through their BLAKE3 hashes
@@ -63,6 +63,17 @@ pub struct BadId {
     pub field: &'static str,
 }
 
+/// Why an admin operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// A malformed id.
+    #[error(transparent)]
+    BadId(#[from] BadId),
+    /// Applied here, but the other replicas were not told.
+    #[error(transparent)]
+    NotBroadcast(#[from] BroadcastFailed),
+}
+
 /// Where an invalidation came from (for the log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -94,31 +105,46 @@ impl Admin {
     }
 
     /// Drops every entry of one Kratos session (every replica, with Redis).
-    pub async fn invalidate_session(&self, id: &str, via: Via) -> Result<u64, BadId> {
+    pub async fn invalidate_session(&self, id: &str, via: Via) -> Result<u64, AdminError> {
         check_id(id, "session_id")?;
-        let invalidated = self.cache.invalidate_session(id).await;
-        tracing::info!(via = via.as_str(), session_id = %id, invalidated, "session invalidated");
-        Ok(invalidated)
+        let result = self.cache.invalidate_session(id).await;
+        log(via, "session", id, &result);
+        Ok(result?)
     }
 
     /// Drops every entry of one Kratos identity (every replica, with Redis).
-    pub async fn invalidate_identity(&self, id: &str, via: Via) -> Result<u64, BadId> {
+    pub async fn invalidate_identity(&self, id: &str, via: Via) -> Result<u64, AdminError> {
         check_id(id, "identity_id")?;
-        let invalidated = self.cache.invalidate_identity(id).await;
-        tracing::info!(via = via.as_str(), identity_id = %id, invalidated, "identity invalidated");
-        Ok(invalidated)
+        let result = self.cache.invalidate_identity(id).await;
+        log(via, "identity", id, &result);
+        Ok(result?)
     }
 
     /// Drops everything (every replica, with Redis).
-    pub async fn invalidate_all(&self, via: Via) -> u64 {
-        let invalidated = self.cache.invalidate_all().await;
-        tracing::info!(via = via.as_str(), invalidated, "whole cache invalidated");
-        invalidated
+    pub async fn invalidate_all(&self, via: Via) -> Result<u64, AdminError> {
+        let result = self.cache.invalidate_all().await;
+        log(via, "all", "*", &result);
+        Ok(result?)
     }
 
     /// Entries and weighted size.
     pub fn stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+}
+
+fn log(via: Via, what: &'static str, id: &str, result: &Result<u64, BroadcastFailed>) {
+    match result {
+        Ok(invalidated) => {
+            tracing::info!(via = via.as_str(), what, id, invalidated, "invalidated")
+        }
+        Err(e) => tracing::error!(
+            via = via.as_str(),
+            what,
+            id,
+            invalidated = e.local,
+            "invalidated on this replica only: the broadcast to the other replicas failed"
+        ),
     }
 }
 

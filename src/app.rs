@@ -98,6 +98,8 @@ impl App {
         let shared = match &config.redis.url {
             Some(url) => Some(crate::session::redis::RedisTier::new(
                 &config.redis,
+                // validate() requires the shared secret whenever Redis is on.
+                config.cache.key_secret.as_deref().unwrap_or_default(),
                 url,
                 metrics.clone(),
                 max_fetch,
@@ -281,6 +283,7 @@ impl App {
                 trusted: config.forward_auth.trusted_proxies.clone().into(),
                 prefix: config.forward_auth.path.as_str().into(),
                 trace_spans: config.tracing.enabled,
+                answer_untrusted_peers: config.forward_auth.answer_untrusted_peers,
             });
         let (http_state, forward_task) = match (forward, forward_listener) {
             (Some(fa), Some(listener)) => {

@@ -1,6 +1,7 @@
-//! Finding the session credential in request headers: RFC 6265 cookie parsing (tolerant of `;`
-//! and `,` separators and stray whitespace), `X-Session-Token`, `Authorization: Bearer`, size
-//! bounds, and rewriting the `Cookie` header without the session cookie.
+//! Finding the session credential in request headers, in Kratos' own order (`X-Session-Token`,
+//! the session cookie, `Authorization: Bearer`): RFC 6265 cookie parsing (`;`-separated, stray
+//! whitespace tolerated), ambiguity refused, size bounds, and rewriting the `Cookie` header
+//! without the session cookie while keeping every other cookie as it came.
 
 use std::fmt;
 
@@ -76,6 +77,9 @@ pub enum CredentialError {
     TooLong,
     /// A credential with characters no Kratos credential has (control characters, spaces).
     Malformed,
+    /// Two different values where one credential belongs (two session cookies, repeated
+    /// `X-Session-Token`): which one Kratos would use is not ours to guess.
+    Ambiguous,
 }
 
 /// Finds session credentials according to configuration.
@@ -109,16 +113,39 @@ impl Extractor {
                 .any(|p| name.starts_with(p.as_str()))
     }
 
-    /// Finds the credential, in Kratos' own order: `X-Session-Token`, then `Authorization: Bearer`,
-    /// then the session cookie.
+    /// Finds the credential, in Kratos' own order: `X-Session-Token`, then the session cookie,
+    /// then `Authorization: Bearer`. A source that holds two different values is ambiguous and
+    /// denied rather than resolved by picking one (a client could smuggle the second).
     pub fn extract(&self, headers: &Headers) -> Result<Credential, CredentialError> {
         if self.session_token_header
             && let Some(v) = headers.get("x-session-token")
         {
-            // Duplicate headers arrive joined with ','; a token has no ',' so the first wins.
-            let v = v.split(',').next().unwrap_or("").trim();
-            if !v.is_empty() {
-                return self.check(CredentialKind::SessionToken, None, v);
+            // Duplicate headers arrive joined with ','; a token has no ','.
+            let mut parts = v.split(',').map(str::trim).filter(|p| !p.is_empty());
+            if let Some(first) = parts.next() {
+                if parts.any(|p| p != first) {
+                    return Err(CredentialError::Ambiguous);
+                }
+                return self.check(CredentialKind::SessionToken, None, first);
+            }
+        }
+        if !self.cookie_names.is_empty() || !self.cookie_prefixes.is_empty() {
+            let mut found: Option<(&str, &str)> = None;
+            for header in headers.get_all("cookie") {
+                for (name, value) in parse_cookies(header) {
+                    if !self.is_session_cookie(name) || value.is_empty() {
+                        continue;
+                    }
+                    match found {
+                        Some((n, v)) if n != name || v != value => {
+                            return Err(CredentialError::Ambiguous);
+                        }
+                        _ => found = Some((name, value)),
+                    }
+                }
+            }
+            if let Some((name, value)) = found {
+                return self.check(CredentialKind::Cookie, Some(name.to_owned()), value);
             }
         }
         if self.bearer
@@ -129,15 +156,6 @@ impl Extractor {
             && token.bytes().filter(|&b| b == b'.').count() != 2
         {
             return self.check(CredentialKind::Bearer, None, token);
-        }
-        if !self.cookie_names.is_empty() || !self.cookie_prefixes.is_empty() {
-            for header in headers.get_all("cookie") {
-                for (name, value) in parse_cookies(header) {
-                    if self.is_session_cookie(name) && !value.is_empty() {
-                        return self.check(CredentialKind::Cookie, Some(name.to_owned()), value);
-                    }
-                }
-            }
         }
         Err(CredentialError::Missing)
     }
@@ -205,13 +223,12 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
 }
 
-/// Splits a `Cookie` header into `name=value` pairs. Accepts `;` (RFC 6265) and `,` (how Envoy
-/// joins duplicate headers) as separators and ignores empty pieces and surrounding whitespace.
+/// Splits a `Cookie` header into `name=value` pairs at `;` only (RFC 6265; Envoy joins repeated
+/// `cookie` headers with `; `), ignoring empty pieces and surrounding whitespace. A `,` belongs
+/// to the value it stands in: splitting there would let `a=x,ory_kratos_session=EVIL` smuggle a
+/// session cookie inside another cookie's value.
 fn split_cookie_pairs(header: &str) -> impl Iterator<Item = &str> {
-    header
-        .split([';', ','])
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+    header.split(';').map(str::trim).filter(|p| !p.is_empty())
 }
 
 /// Parses a `Cookie` header into `(name, value)` pairs. Pieces without `=` or with an invalid
@@ -254,8 +271,10 @@ mod tests {
 
     #[test]
     fn parses_cookie_separators_and_whitespace() {
-        let got: Vec<_> = parse_cookies(" a=1;b=2 ,  c=\"3\";;  ; d=; bad name=x; =v; e").collect();
+        let got: Vec<_> = parse_cookies(" a=1;b=2 ;  c=\"3\";;  ; d=; bad name=x; =v; e").collect();
         assert_eq!(got, vec![("a", "1"), ("b", "2"), ("c", "3"), ("d", "")]);
+        let got: Vec<_> = parse_cookies("a=x,ory_kratos_session=EVIL; b=1,2").collect();
+        assert_eq!(got, vec![("a", "x,ory_kratos_session=EVIL"), ("b", "1,2")]);
     }
 
     #[test]
@@ -278,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn token_header_wins_over_bearer_and_cookie() {
+    fn kratos_order_token_header_then_cookie_then_bearer() {
         let h = headers(&[
             ("cookie", "ory_kratos_session=c"),
             ("authorization", "Bearer b"),
@@ -291,7 +310,40 @@ mod tests {
             ("authorization", "bearer  b "),
         ]);
         let c = extractor().extract(&h).unwrap();
+        assert_eq!((c.kind, c.expose()), (CredentialKind::Cookie, "c"));
+        let h = headers(&[("authorization", "bearer  b ")]);
+        let c = extractor().extract(&h).unwrap();
         assert_eq!((c.kind, c.expose()), (CredentialKind::Bearer, "b"));
+    }
+
+    #[test]
+    fn a_comma_cannot_smuggle_a_session_cookie() {
+        let h = headers(&[("cookie", "a=x,ory_kratos_session=EVIL")]);
+        assert_eq!(extractor().extract(&h), Err(CredentialError::Missing));
+        let h = headers(&[(
+            "cookie",
+            "a=x,ory_kratos_session=EVIL; ory_kratos_session=good",
+        )]);
+        assert_eq!(extractor().extract(&h).unwrap().expose(), "good");
+    }
+
+    #[test]
+    fn two_different_session_credentials_are_ambiguous() {
+        let e = extractor();
+        for h in [
+            headers(&[("cookie", "ory_kratos_session=a; ory_kratos_session=b")]),
+            headers(&[
+                ("cookie", "ory_kratos_session=a"),
+                ("cookie", "ory_kratos_session=b"),
+            ]),
+            headers(&[("cookie", "ory_kratos_session=a; ory_session_x=b")]),
+            headers(&[("x-session-token", "a,b")]),
+        ] {
+            assert_eq!(e.extract(&h), Err(CredentialError::Ambiguous), "{h:?}");
+        }
+        // The same value twice is not ambiguous.
+        let h = headers(&[("cookie", "ory_kratos_session=a; ory_kratos_session=a")]);
+        assert_eq!(e.extract(&h).unwrap().expose(), "a");
     }
 
     #[test]
@@ -340,5 +392,11 @@ mod tests {
         assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Remove);
         let h = headers(&[("cookie", "a=1")]);
         assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Unchanged);
+        // Other cookies are kept as they came, commas and all.
+        let h = headers(&[("cookie", "a=1,2; ory_kratos_session=s; b=\"x y\"")]);
+        assert_eq!(
+            e.strip_session_cookies(&h),
+            CookieRewrite::Replace("a=1,2; b=\"x y\"".into())
+        );
     }
 }

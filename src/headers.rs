@@ -2,7 +2,7 @@
 //! A leaf: transports fill it, the domain reads it.
 
 /// Request headers with lower-cased names, in arrival order; repeated names are kept apart.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Headers {
     entries: Vec<(Box<str>, Box<str>)>,
 }
@@ -52,9 +52,31 @@ impl Headers {
     }
 }
 
+/// Names only: values may be credentials (cookies, tokens) and never reach a log line this way.
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(n, _)| format!("{n}: <redacted>")))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let mut h = Headers::default();
+        h.append("Cookie", "ory_kratos_session=s3cr3t");
+        h.append("authorization", "Bearer t0k3n");
+        let shown = format!("{h:?}");
+        assert!(shown.contains("cookie") && shown.contains("authorization"));
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn headers_lowercase_and_repeat() {

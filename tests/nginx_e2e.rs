@@ -196,7 +196,8 @@ async fn real_kratos_session_through_nginx() {
     gate.handles
         .cache
         .invalidate_session(session["id"].as_str().unwrap())
-        .await;
+        .await
+        .unwrap();
     let r = get(&nginx, "/api/me", &[("x-session-token", &token)]).await;
     assert_eq!(r.status(), 401);
 }

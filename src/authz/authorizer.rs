@@ -65,6 +65,12 @@ impl Authorizer {
         if config.upstream.strip_session_token {
             always_remove.push("x-session-token".into());
         }
+        // With the minted token in another header, the client's own `Authorization` (a session
+        // token Kratos accepted, or a forged JWT) must not reach upstream either. With the
+        // default header it is overwritten by the token, or removed on anonymous allows.
+        if config.upstream.token_header != "authorization" {
+            always_remove.push("authorization".into());
+        }
         Authorizer {
             extractor: Extractor::new(&config.credentials),
             cache,
@@ -145,6 +151,7 @@ impl Authorizer {
                     CredentialError::Missing => Reason::NoCredential,
                     CredentialError::TooLong => Reason::CredentialTooLong,
                     CredentialError::Malformed => Reason::CredentialMalformed,
+                    CredentialError::Ambiguous => Reason::CredentialAmbiguous,
                 };
                 return self.anonymous_or(req, route, || self.shaper.unauthenticated(req, reason));
             }
@@ -160,6 +167,7 @@ impl Authorizer {
             request_id: propagate("x-request-id", 128),
             traceparent: propagate("traceparent", 64),
             tracestate: propagate("tracestate", 512),
+            fresh: false,
         };
         let honour = match self.client_max_age {
             ClientMaxAge::Never => false,
@@ -212,40 +220,42 @@ impl Authorizer {
 
     /// A checked request that ends sessions (a Kratos logout passing through the gate) drops the
     /// matching cache entries now and again after the grace period, since Kratos processes the
-    /// logout only after our answer.
+    /// logout only after our answer. Only a caller with a valid session can end sessions, and
+    /// only its own: `/sessions/{id}` acts when that session belongs to the caller's identity
+    /// (as Kratos itself checks), so a request without a credential, or naming someone else's
+    /// session id (every JWT carries its `sid`), evicts nothing.
     fn watch_logout(&self, req: &Request, seen: Seen) {
         let path = req.path.split('?').next().unwrap_or("");
         let Some((scope, path_session)) = match_logout(&self.logout, &req.method, path) else {
             return;
         };
-        if seen.credential.is_none() && path_session.is_none() {
+        let (Some(credential), Some(session)) = (seen.credential, seen.session) else {
             return;
-        }
+        };
         let cache = self.cache.clone();
         let grace = self.logout.grace;
-        let identity = (scope == LogoutScope::Identity)
-            .then(|| seen.session.as_ref().map(|s| s.identity_id.clone()))
-            .flatten();
         tracing::debug!(?scope, "logout passing through: dropping cached sessions");
         tokio::spawn(async move {
             for round in 0..2 {
                 if round == 1 {
                     tokio::time::sleep(grace).await;
                 }
-                if let Some(c) = &seen.credential {
-                    cache.invalidate_credential(c).await;
-                }
-                if let Some(s) = &seen.session
-                    && scope == LogoutScope::Session
-                    && path_session.is_none()
-                {
-                    cache.invalidate_session(&s.id).await;
-                }
-                if let Some(id) = &path_session {
-                    cache.invalidate_session(id).await;
-                }
-                if let Some(id) = &identity {
-                    cache.invalidate_identity(id).await;
+                match (&path_session, scope) {
+                    (Some(id), _) if *id == session.id => {
+                        let _ = cache.invalidate_session(id).await;
+                    }
+                    (Some(id), _) => {
+                        cache
+                            .invalidate_session_of_identity(id, &session.identity_id)
+                            .await;
+                    }
+                    (None, LogoutScope::Session) => {
+                        cache.invalidate_credential(&credential).await;
+                        let _ = cache.invalidate_session(&session.id).await;
+                    }
+                    (None, LogoutScope::Identity) => {
+                        let _ = cache.invalidate_identity(&session.identity_id).await;
+                    }
                 }
             }
         });
@@ -337,11 +347,7 @@ fn match_logout(
         }
         if let Some(prefix) = p.path.strip_suffix("/{id}") {
             if let Some(id) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
-                && !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && crate::session::is_valid_id(id)
             {
                 return Some((p.scope, Some(id.to_owned())));
             }

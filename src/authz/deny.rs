@@ -134,6 +134,7 @@ impl DenyShaper {
             Reason::NoCredential => "no session credential was sent",
             Reason::CredentialTooLong => "the session credential is too long",
             Reason::CredentialMalformed => "the session credential is malformed",
+            Reason::CredentialAmbiguous => "more than one session credential was sent",
             _ => "no valid session",
         };
         let mut headers = json_headers();

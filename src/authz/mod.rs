@@ -157,6 +157,8 @@ pub enum Reason {
     CredentialTooLong,
     /// Credential with impossible characters.
     CredentialMalformed,
+    /// Two different session credentials where one belongs.
+    CredentialAmbiguous,
     /// Kratos says: no valid session.
     InvalidSession,
     /// A higher AAL is required.
@@ -184,6 +186,7 @@ impl Reason {
             Reason::NoCredential => "no_credential",
             Reason::CredentialTooLong => "credential_too_long",
             Reason::CredentialMalformed => "credential_malformed",
+            Reason::CredentialAmbiguous => "credential_ambiguous",
             Reason::InvalidSession => "invalid_session",
             Reason::StepUpRequired => "step_up_required",
             Reason::RateLimited => "rate_limited",
@@ -215,8 +218,9 @@ impl Decision {
     }
 }
 
-/// Header changes for the upstream request.
-#[derive(Debug, Clone)]
+/// Header changes for the upstream request. `Debug` shows header names only (the values are
+/// the minted token and identity data).
+#[derive(Clone)]
 pub struct Allow {
     /// Headers to set, overwriting any value the client sent.
     pub set: Vec<(Arc<str>, Arc<str>)>,
@@ -224,6 +228,16 @@ pub struct Allow {
     pub remove: Vec<Arc<str>>,
     /// Why.
     pub reason: Reason,
+}
+
+impl std::fmt::Debug for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allow")
+            .field("set", &self.set.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("remove", &self.remove)
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 /// A direct answer to the client.

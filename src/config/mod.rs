@@ -57,7 +57,7 @@ pub struct Config {
 }
 
 /// Optional Redis for many replicas.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`. Unset: off (the in-process cache alone).
@@ -84,6 +84,56 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(50),
             degraded_ttl: Duration::from_secs(5),
         }
+    }
+}
+
+/// Claims sessiongate sets itself in minted tokens: never taken from `jwt.claims` or from data
+/// read back from the shared tier.
+pub const RESERVED_CLAIMS: [&str; 9] = [
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "aal",
+];
+
+/// `Debug` for a secret: whether it is set, never its value.
+fn redacted(secret: &Option<String>) -> &'static str {
+    match secret {
+        Some(_) => "Some(<redacted>)",
+        None => "None",
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("channel", &self.channel)
+            .field("timeout", &self.timeout)
+            .field("degraded_ttl", &self.degraded_ttl)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("ttl", &self.ttl)
+            .field("refresh_after", &self.refresh_after)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("max_bytes", &self.max_bytes)
+            .field("client_max_age", &self.client_max_age)
+            .field("key_secret", &redacted(&self.key_secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .finish()
     }
 }
 
@@ -168,7 +218,7 @@ pub struct CredentialsConfig {
 }
 
 /// The in-process session cache.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// How long a valid session is trusted without asking Kratos again (capped by `expires_at`).
@@ -221,6 +271,10 @@ pub struct ForwardAuthConfig {
     /// Peers (IP or CIDR) whose `X-Forwarded-*` / `X-Original-*` headers and `/check` query
     /// are believed. Anyone else is judged by the request's own method, Host and path.
     pub trusted_proxies: Vec<Cidr>,
+    /// Answer peers outside `trusted_proxies` too, judging their requests at face value (own
+    /// method, `Host` and path). Off: they get 403 — the side port is reachable by every
+    /// upstream service (for the JWKS), and `/check` hands out signed tokens.
+    pub answer_untrusted_peers: bool,
 }
 
 impl Default for ForwardAuthConfig {
@@ -230,6 +284,7 @@ impl Default for ForwardAuthConfig {
             listen: None,
             path: "/check".into(),
             trusted_proxies: vec![Cidr::V4_LOOPBACK, Cidr::V6_LOOPBACK],
+            answer_untrusted_peers: false,
         }
     }
 }
@@ -271,7 +326,7 @@ pub enum LogoutScope {
 }
 
 /// The admin API (gRPC `sessiongate.admin.v1.Admin` and the Kratos webhook).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token required by the admin API. Unset (and no `token_file`): admin API off.
@@ -501,20 +556,31 @@ impl Default for LogoutConfig {
 }
 
 impl Config {
-    /// The admin token, from `admin.token` or `admin.token_file`.
+    /// The admin token, from `admin.token` or `admin.token_file` (validated by `validate()`).
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.admin.token {
             return Ok(Some(t.clone()));
         }
         match &self.admin.token_file {
-            Some(path) => {
-                let t = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
-                Ok(Some(t.trim().to_owned()))
-            }
+            Some(path) => read_token_file(path)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display())),
             None => Ok(None),
         }
     }
+}
+
+/// A token file's content without its one final newline (`\n` or `\r\n`); nothing else is
+/// trimmed, so what is compared is exactly what the file holds.
+fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut t = std::fs::read_to_string(path)?;
+    if t.ends_with('\n') {
+        t.pop();
+        if t.ends_with('\r') {
+            t.pop();
+        }
+    }
+    Ok(t)
 }
 
 impl Default for JwtConfig {
@@ -601,6 +667,49 @@ impl Config {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let mut c = Config::default();
+        c.cache.key_secret = Some("cache-secret-0123456789abcdef0123456789".into());
+        c.admin.token = Some("admin-token-0123456789abcdef".into());
+        c.redis.url = Some("redis://:redis-password@127.0.0.1:6379/0".into());
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["cache-secret", "admin-token", "redis-password"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn admin_token_file_is_validated_like_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |content: &str| {
+            let path = dir.path().join("token");
+            std::fs::write(&path, content).unwrap();
+            let mut c = Config::default();
+            c.admin.token_file = Some(path);
+            let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+            (
+                fields.contains(&"admin.token_file".to_string()),
+                c.admin_token().unwrap(),
+            )
+        };
+        assert!(check("").0, "empty file");
+        assert!(check("\n").0, "just a newline");
+        assert!(check("short\n").0, "short");
+        assert!(
+            check("  0123456789abcdef0123  \n").0,
+            "spaces are not trimmed away"
+        );
+        let good = "0123456789abcdef0123";
+        assert_eq!(check(&format!("{good}\n")), (false, Some(good.to_string())));
+        assert_eq!(
+            check(&format!("{good}\r\n")),
+            (false, Some(good.to_string()))
+        );
+        assert_eq!(check(good), (false, Some(good.to_string())));
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -320,14 +320,8 @@ fn logout(c: &Config, r: &mut Report) {
 
 /// The admin API token.
 fn admin(c: &Config, r: &mut Report) {
-    if let Some(t) = &c.admin.token
-        && t.len() < 16
-    {
-        r.add(
-            "admin.token",
-            "is shorter than 16 characters".into(),
-            "use a random token of at least 32 characters, e.g. `openssl rand -hex 32`",
-        );
+    if let Some(t) = &c.admin.token {
+        check_admin_token(t, "admin.token", r);
     }
     if c.admin.token.is_some() && c.admin.token_file.is_some() {
         r.add(
@@ -336,13 +330,32 @@ fn admin(c: &Config, r: &mut Report) {
             "set only one of them",
         );
     }
-    if let Some(path) = &c.admin.token_file
-        && !path.is_file()
-    {
+    if let Some(path) = &c.admin.token_file {
+        match super::read_token_file(path) {
+            Ok(t) => check_admin_token(&t, "admin.token_file", r),
+            Err(_) => r.add(
+                "admin.token_file",
+                format!("{} is not a readable file", path.display()),
+                "point it at a file holding the admin token",
+            ),
+        }
+    }
+}
+
+/// The same rule for `admin.token` and the content of `admin.token_file`: a file's one final
+/// newline is not part of the token; nothing else is trimmed.
+fn check_admin_token(token: &str, field: &str, r: &mut Report) {
+    if token.len() < 16 {
         r.add(
-            "admin.token_file",
-            format!("{} is not a readable file", path.display()),
-            "point it at a file holding the admin token",
+            field,
+            "is shorter than 16 characters".into(),
+            "use a random token of at least 32 characters, e.g. `openssl rand -hex 32`",
+        );
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        r.add(
+            field,
+            "contains whitespace or control characters".into(),
+            "use printable characters only, e.g. `openssl rand -hex 32` (one final newline in a file is fine)",
         );
     }
 }
@@ -384,10 +397,11 @@ fn jwt(c: &Config, r: &mut Report) {
             );
         }
     }
-    const RESERVED: [&str; 8] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "sid"];
     for (claim, pointer) in &c.jwt.claims {
         let field = format!("jwt.claims.{claim}");
-        if RESERVED.contains(&claim.as_str()) || (claim == "session" && c.jwt.include_session) {
+        if super::RESERVED_CLAIMS.contains(&claim.as_str())
+            || (claim == "session" && c.jwt.include_session)
+        {
             r.add(
                 &field,
                 format!("{claim:?} is a registered claim set by sessiongate"),

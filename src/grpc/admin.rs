@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::admin::{Admin, AdminToken, BadId, Via};
+use crate::admin::{Admin, AdminError, AdminToken, Via};
 use crate::admin_pb::admin_server::Admin as AdminApi;
 use crate::admin_pb::{
     CacheStatsRequest, CacheStatsResponse, InvalidateAllRequest, InvalidateIdentityRequest,
@@ -52,8 +52,11 @@ impl AdminService {
     }
 }
 
-fn bad_id(e: BadId) -> Status {
-    Status::invalid_argument(e.to_string())
+fn status(e: AdminError) -> Status {
+    match e {
+        AdminError::BadId(e) => Status::invalid_argument(e.to_string()),
+        AdminError::NotBroadcast(e) => Status::unavailable(e.to_string()),
+    }
 }
 
 #[tonic::async_trait]
@@ -67,7 +70,7 @@ impl AdminApi for AdminService {
             .admin
             .invalidate_session(&id, Via::Api)
             .await
-            .map_err(bad_id)?;
+            .map_err(status)?;
         Ok(Response::new(InvalidateResponse { invalidated }))
     }
 
@@ -80,7 +83,7 @@ impl AdminApi for AdminService {
             .admin
             .invalidate_identity(&id, Via::Api)
             .await
-            .map_err(bad_id)?;
+            .map_err(status)?;
         Ok(Response::new(InvalidateResponse { invalidated }))
     }
 
@@ -88,7 +91,7 @@ impl AdminApi for AdminService {
         &self,
         _: Request<InvalidateAllRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
-        let invalidated = self.admin.invalidate_all(Via::Api).await;
+        let invalidated = self.admin.invalidate_all(Via::Api).await.map_err(status)?;
         Ok(Response::new(InvalidateResponse { invalidated }))
     }
 

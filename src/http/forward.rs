@@ -36,6 +36,8 @@ pub struct ForwardAuth {
     pub prefix: Arc<str>,
     /// Create a span per check parented on the request's `traceparent` (when spans are exported).
     pub trace_spans: bool,
+    /// Answer peers outside `trusted` (judged at face value) instead of refusing them.
+    pub answer_untrusted_peers: bool,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -133,11 +135,20 @@ pub async fn check(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let trusted = fa.trusted.iter().any(|c| c.contains(peer.ip()));
+    if !trusted && !fa.answer_untrusted_peers {
+        return (
+            StatusCode::FORBIDDEN,
+            [("content-type", "application/json"), ("cache-control", "no-store")],
+            r#"{"error":{"code":403,"status":"Forbidden","reason":"untrusted_peer","message":"forward-auth answers the proxies in forward_auth.trusted_proxies only"}}"#,
+        )
+            .into_response();
+    }
     let req = to_request(&fa.trusted, &fa.prefix, peer.ip(), &method, &uri, &headers);
     let redirect_as_401 = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "redirect_status=401"))
-        && fa.trusted.iter().any(|c| c.contains(peer.ip()));
+        && trusted;
     let mut decision = if fa.trace_spans {
         let span = crate::telemetry::check_span("forward_auth", &req.method, &req.headers);
         fa.authorizer.check(&req).instrument(span).await

@@ -23,7 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::admin::{Admin, AdminToken, Via};
+use crate::admin::{Admin, AdminError, AdminToken, Via};
 use crate::session::cache::SessionCache;
 use crate::telemetry::Metrics;
 use crate::token::Minter;
@@ -194,13 +194,13 @@ async fn kratos_webhook(
     if let Some(id) = &req.identity_id {
         match admin.invalidate_identity(id, Via::Webhook).await {
             Ok(n) => invalidated += n,
-            Err(_) => return bad_id_response(),
+            Err(e) => return admin_error(e),
         }
     }
     if let Some(id) = &req.session_id {
         match admin.invalidate_session(id, Via::Webhook).await {
             Ok(n) => invalidated += n,
-            Err(_) => return bad_id_response(),
+            Err(e) => return admin_error(e),
         }
     }
     (
@@ -210,12 +210,20 @@ async fn kratos_webhook(
         .into_response()
 }
 
-fn bad_id_response() -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(r#"{"error":"ids must be 1-128 characters of A-Z, a-z, 0-9, '-' or '_'"}"#),
-    )
-        .into_response()
+fn admin_error(e: AdminError) -> Response {
+    match e {
+        AdminError::BadId(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(r#"{"error":"ids must be 1-128 characters of A-Z, a-z, 0-9, '-' or '_'"}"#),
+        )
+            .into_response(),
+        // Kratos retries a failed web hook: the broadcast gets another chance.
+        AdminError::NotBroadcast(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(r#"{"error":"invalidated on this replica, but the broadcast to the other replicas failed"}"#),
+        )
+            .into_response(),
+    }
 }
 
 /// A static JSON body.

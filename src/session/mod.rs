@@ -159,6 +159,9 @@ pub struct LookupContext {
     pub traceparent: Option<String>,
     /// W3C `tracestate`.
     pub tracestate: Option<String>,
+    /// The answer must come from Kratos now: past the shared tier, and past Ory Network's edge
+    /// cache (`Cache-Control: max-age=0`). Set for refreshes and client `max-age` lookups.
+    pub fresh: bool,
 }
 
 /// Boxed future returned by [`SessionSource::lookup`].

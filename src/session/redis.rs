@@ -17,7 +17,7 @@
 //!   published meanwhile still take effect within that bound.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -26,7 +26,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::RwLock;
 
 use super::cache::key::{CacheKey, hex};
-use super::tier::{Invalidation, SharedTier, Stored, TierFuture};
+use super::tier::{
+    Invalidation, MAX_VALUE_BYTES, Rejected, Sealer, SharedTier, Stored, TierFuture,
+};
 use crate::config::RedisConfig;
 use crate::telemetry::{Metrics, RedisLabels};
 
@@ -42,17 +44,26 @@ pub struct RedisTier {
     /// How long an invalidation's tombstone blocks writes of the entries it covers.
     tomb_window: Duration,
     put_script: redis::Script,
+    /// Authenticates entries and messages (keyed from `cache.key_secret`).
+    sealer: Sealer,
+    /// The invalidate-all generation this replica knows: entries written under an older one
+    /// are dead, and writes under an older one are refused by the script.
+    generation: AtomicU64,
 }
 
-/// Writes one entry and its index sets, unless a tombstone covers it.
-/// KEYS: entry, `ARGV[4]` tombstones, then index sets. ARGV: value, entry PX, index PX, n.
+/// Writes one entry and its index sets, unless a tombstone covers it (0) or the invalidate-all
+/// generation moved on (-current generation).
+/// KEYS: entry, generation, `ARGV[4]` tombstones, then index sets.
+/// ARGV: value, entry PX, index PX, n, the writer's generation.
 const PUT_SCRIPT: &str = r"
+local g = tonumber(redis.call('GET', KEYS[2]) or '0')
+if g ~= tonumber(ARGV[5]) then return -g end
 local n = tonumber(ARGV[4])
-for i = 2, n + 1 do
+for i = 3, n + 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = n + 2, #KEYS do
+for i = n + 3, #KEYS do
   redis.call('SADD', KEYS[i], KEYS[1])
   redis.call('PEXPIRE', KEYS[i], ARGV[3], 'GT')
   redis.call('PEXPIRE', KEYS[i], ARGV[3], 'NX')
@@ -74,6 +85,7 @@ impl RedisTier {
     /// invalidation's tombstone outlives any write of an answer fetched before it.
     pub fn new(
         config: &RedisConfig,
+        key_secret: &str,
         url: &str,
         metrics: Arc<Metrics>,
         max_fetch: Duration,
@@ -95,6 +107,8 @@ impl RedisTier {
             metrics,
             tomb_window: max_fetch + config.timeout * 2 + Duration::from_secs(1),
             put_script: redis::Script::new(PUT_SCRIPT),
+            sealer: Sealer::new(key_secret),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -166,6 +180,8 @@ impl RedisTier {
                 match this.client.get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(&this.channel).await {
                         Ok(()) => {
+                            // Learn the generation before trusting entries again.
+                            this.refresh_generation().await;
                             this.subscribed.store(true, Ordering::SeqCst);
                             this.metrics.redis_subscribed.set(1);
                             tracing::info!(channel = %this.channel, "subscribed to invalidations");
@@ -175,9 +191,18 @@ impl RedisTier {
                                 tokio::select! {
                                     _ = stop.cancelled() => return,
                                     msg = stream.next() => match msg {
-                                        Some(msg) => match serde_json::from_slice::<Invalidation>(msg.get_payload_bytes()) {
-                                            Ok(inv) => on_message(inv),
-                                            Err(_) => this.count("message", "malformed"),
+                                        Some(msg) => match this.sealer.open_message(msg.get_payload_bytes()) {
+                                            Ok((inv, generation)) => {
+                                                if inv == Invalidation::All {
+                                                    this.generation.fetch_max(generation, Ordering::SeqCst);
+                                                }
+                                                this.count("message", "ok");
+                                                on_message(inv);
+                                            }
+                                            Err(rejected) => {
+                                                this.count("message", rejected.as_str());
+                                                tracing::warn!(reason = rejected.as_str(), "dropped an invalidation message that is not ours");
+                                            }
                                         },
                                         None => break,
                                     }
@@ -208,24 +233,56 @@ impl RedisTier {
     }
 
     /// Reads a shared entry; `None` on miss, error or timeout.
+    fn generation_key(&self) -> String {
+        format!("{}generation", self.prefix)
+    }
+
+    /// Reads the invalidate-all generation from Redis (after (re)subscribing).
+    async fn refresh_generation(&self) {
+        let Some(mut conn) = self.connection().await else {
+            return;
+        };
+        if let Ok(Ok(g)) = tokio::time::timeout(
+            self.timeout,
+            conn.get::<_, Option<u64>>(self.generation_key()),
+        )
+        .await
+        {
+            self.generation.fetch_max(g.unwrap_or(0), Ordering::SeqCst);
+        }
+    }
+
+    /// Reads a shared entry; `None` on miss, error, timeout, or anything we did not write.
+    /// At most [`MAX_VALUE_BYTES`] + 1 bytes are read, whatever is stored.
     async fn get_entry(&self, key: &CacheKey) -> Option<Stored> {
         let mut conn = self.connection().await?;
-        let k = self.key(key);
-        match tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(k)).await {
-            Ok(Ok(Some(bytes))) => match serde_json::from_slice::<Stored>(&bytes) {
-                Ok(s) => {
-                    self.count("get", "hit");
-                    Some(s)
-                }
-                Err(_) => {
-                    self.count("get", "malformed");
-                    None
-                }
-            },
-            Ok(Ok(None)) => {
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(self.key(key)).arg(0).arg(MAX_VALUE_BYTES);
+        let read = cmd.query_async::<Vec<u8>>(&mut conn);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(bytes)) if bytes.is_empty() => {
                 self.count("get", "miss");
                 None
             }
+            Ok(Ok(bytes)) => match self.sealer.open_entry(key, &bytes) {
+                Ok((generation, stored))
+                    if generation >= self.generation.load(Ordering::SeqCst) =>
+                {
+                    self.count("get", "hit");
+                    Some(stored)
+                }
+                Ok(_) => {
+                    self.count("get", "old_generation");
+                    None
+                }
+                Err(rejected) => {
+                    self.count("get", rejected.as_str());
+                    if rejected == Rejected::Forged {
+                        tracing::warn!("dropped a Redis entry that is not ours (MAC mismatch)");
+                    }
+                    None
+                }
+            },
             Ok(Err(e)) => {
                 self.count("get", "error");
                 tracing::debug!(error = %e, "redis GET failed");
@@ -254,11 +311,6 @@ impl RedisTier {
         format!("{}t:{kind}:{id}", self.prefix)
     }
 
-    /// Tombstone of an invalidation of everything.
-    fn tomb_all(&self) -> String {
-        format!("{}t:all", self.prefix)
-    }
-
     /// Index set of one session (`s`) or identity (`i`): the entry keys that belong to it.
     fn index(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
@@ -285,12 +337,11 @@ impl RedisTier {
         let Some(mut conn) = self.connection().await else {
             return false;
         };
-        let Ok(value) = serde_json::to_vec(stored) else {
-            return false;
-        };
+        let generation = self.generation.load(Ordering::SeqCst);
+        let value = self.sealer.seal_entry(key, generation, stored);
         let k = self.key(key);
         let ms = ttl.as_millis().max(1) as u64;
-        let mut tombs = vec![self.tomb("k", &hex(key)), self.tomb_all()];
+        let mut tombs = vec![self.tomb("k", &hex(key))];
         let mut indexes = Vec::new();
         if let Some((sid, iid)) = stored.ids() {
             tombs.push(self.tomb("s", sid));
@@ -300,6 +351,7 @@ impl RedisTier {
         }
         let mut inv = self.put_script.prepare_invoke();
         inv.key(&k);
+        inv.key(self.generation_key());
         for t in &tombs {
             inv.key(t);
         }
@@ -307,14 +359,25 @@ impl RedisTier {
             inv.key(i);
         }
         // Index sets outlive their longest member a little; members may be stale.
-        inv.arg(value).arg(ms).arg(ms + 60_000).arg(tombs.len());
+        inv.arg(value)
+            .arg(ms)
+            .arg(ms + 60_000)
+            .arg(tombs.len())
+            .arg(generation);
         match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(1)) => {
                 self.count("set", "ok");
                 true
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(0)) => {
                 self.count("set", "tombstoned");
+                false
+            }
+            Ok(Ok(current)) => {
+                // An invalidate-all happened (perhaps while our subscription was down).
+                self.generation
+                    .fetch_max(current.unsigned_abs(), Ordering::SeqCst);
+                self.count("set", "old_generation");
                 false
             }
             Ok(Err(e)) => {
@@ -330,80 +393,75 @@ impl RedisTier {
     }
 
     /// Deletes the shared entries an invalidation covers and publishes it to every replica.
-    async fn publish(&self, inv: &Invalidation) {
+    /// Invalidating everything is one INCR of the generation and one message, whatever the
+    /// number of keys. Returns whether the message was published.
+    async fn publish(&self, inv: &Invalidation) -> bool {
         let Some(mut conn) = self.connection().await else {
             self.count("publish", "error");
-            return;
+            tracing::warn!(
+                "cannot broadcast an invalidation: redis is not connected; other replicas rely on their TTL"
+            );
+            return false;
         };
         let window = self.tomb_window.as_millis().max(1) as u64;
-        let tomb = match inv {
-            Invalidation::Key(hex_key) => self.tomb("k", hex_key),
-            Invalidation::Session(id) => self.tomb("s", id),
-            Invalidation::Identity(id) => self.tomb("i", id),
-            Invalidation::All => self.tomb_all(),
-        };
-        let tombs = format!("{}t:", self.prefix);
         let work = async {
-            // Tombstone first: from here on no write of a covered entry lands, so the deletes
-            // below are final.
-            let _: () = redis::cmd("SET")
-                .arg(&tomb)
-                .arg(1)
-                .arg("PX")
-                .arg(window)
-                .query_async(&mut conn)
-                .await?;
-            match inv {
-                Invalidation::Key(hex_key) => {
-                    let _: () = conn.del(format!("{}{hex_key}", self.prefix)).await?;
-                }
-                Invalidation::Session(id) => {
-                    self.delete_indexed(&mut conn, &self.index("s", id)).await?;
-                }
-                Invalidation::Identity(id) => {
-                    self.delete_indexed(&mut conn, &self.index("i", id)).await?;
-                }
+            let generation = match inv {
                 Invalidation::All => {
-                    let mut cursor: u64 = 0;
-                    // Bounded: at most 10,000 SCAN rounds.
-                    for _ in 0..10_000 {
-                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(format!("{}*", self.prefix))
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn)
-                            .await?;
-                        let keys: Vec<String> = keys
-                            .into_iter()
-                            .filter(|k| !k.starts_with(&tombs))
-                            .collect();
-                        if !keys.is_empty() {
-                            let _: () = conn.del(keys).await?;
-                        }
-                        cursor = next;
-                        if cursor == 0 {
-                            break;
-                        }
-                    }
+                    let g: u64 = conn.incr(self.generation_key(), 1).await?;
+                    self.generation.fetch_max(g, Ordering::SeqCst);
+                    g
                 }
-            }
-            let payload = serde_json::to_string(inv).unwrap_or_default();
+                _ => {
+                    let tomb = match inv {
+                        Invalidation::Key(hex_key) => self.tomb("k", hex_key),
+                        Invalidation::Session(id) => self.tomb("s", id),
+                        Invalidation::Identity(id) => self.tomb("i", id),
+                        Invalidation::All => unreachable!("handled above"),
+                    };
+                    // Tombstone first: from here on no write of a covered entry lands, so the
+                    // deletes below are final.
+                    let _: () = redis::cmd("SET")
+                        .arg(&tomb)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(window)
+                        .query_async(&mut conn)
+                        .await?;
+                    match inv {
+                        Invalidation::Key(hex_key) => {
+                            let _: () = conn.del(format!("{}{hex_key}", self.prefix)).await?;
+                        }
+                        Invalidation::Session(id) => {
+                            self.delete_indexed(&mut conn, &self.index("s", id)).await?;
+                        }
+                        Invalidation::Identity(id) => {
+                            self.delete_indexed(&mut conn, &self.index("i", id)).await?;
+                        }
+                        Invalidation::All => {}
+                    }
+                    self.generation.load(Ordering::SeqCst)
+                }
+            };
+            let payload = self.sealer.seal_message(inv, generation);
             let _: () = conn.publish(&self.channel, payload).await?;
             Ok::<(), redis::RedisError>(())
         };
         match tokio::time::timeout(self.timeout * 4, work).await {
-            Ok(Ok(())) => self.count("publish", "ok"),
+            Ok(Ok(())) => {
+                self.count("publish", "ok");
+                true
+            }
             Ok(Err(e)) => {
                 self.count("publish", "error");
                 tracing::warn!(error = %e, "cannot broadcast an invalidation; other replicas rely on their TTL");
+                false
             }
             Err(_) => {
                 self.count("publish", "timeout");
                 tracing::warn!(
                     "timed out broadcasting an invalidation; other replicas rely on their TTL"
                 );
+                false
             }
         }
     }
@@ -418,7 +476,7 @@ impl SharedTier for RedisTier {
         self.put_entry(key, stored, ttl);
     }
 
-    fn broadcast<'a>(&'a self, inv: &'a Invalidation) -> TierFuture<'a, ()> {
+    fn broadcast<'a>(&'a self, inv: &'a Invalidation) -> TierFuture<'a, bool> {
         Box::pin(self.publish(inv))
     }
 
@@ -466,8 +524,14 @@ mod tests {
             ..RedisConfig::default()
         };
         // Window: 0 + 2 × 200 ms + 1 s.
-        let shared =
-            RedisTier::new(&config, &server.url(), Metrics::new(), Duration::ZERO).unwrap();
+        let shared = RedisTier::new(
+            &config,
+            &"k".repeat(40),
+            &server.url(),
+            Metrics::new(),
+            Duration::ZERO,
+        )
+        .unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         shared.start(Arc::new(|_| {}), stop.clone());
         for _ in 0..200 {
@@ -481,33 +545,48 @@ mod tests {
         let (k1, k2, k3, k4) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
 
         assert!(shared.write(&k1, &active("s1", "i1"), ttl).await);
-        assert!(shared.get(&k1).await.is_some());
-        shared.broadcast(&Invalidation::Session("s1".into())).await;
-        assert!(shared.get(&k1).await.is_none(), "invalidation deletes");
+        assert!(shared.get_entry(&k1).await.is_some());
+        shared.publish(&Invalidation::Session("s1".into())).await;
+        assert!(
+            shared.get_entry(&k1).await.is_none(),
+            "invalidation deletes"
+        );
         assert!(
             !shared.write(&k1, &active("s1", "i1"), ttl).await,
             "a late write of the revoked session is refused"
         );
-        assert!(shared.get(&k1).await.is_none());
+        assert!(shared.get_entry(&k1).await.is_none());
         // Other sessions are not affected.
         assert!(shared.write(&k2, &active("s2", "i2"), ttl).await);
 
-        shared.broadcast(&Invalidation::Identity("i2".into())).await;
-        assert!(shared.get(&k2).await.is_none());
+        shared.publish(&Invalidation::Identity("i2".into())).await;
+        assert!(shared.get_entry(&k2).await.is_none());
         assert!(!shared.write(&k3, &active("s3", "i2"), ttl).await);
 
         let none = Stored::new(&Outcome::Unauthenticated, ttl, ttl).unwrap();
-        shared.broadcast(&Invalidation::Key(hex(&k4))).await;
+        shared.publish(&Invalidation::Key(hex(&k4))).await;
         assert!(!shared.write(&k4, &none, ttl).await);
         assert!(
             shared.write(&k3, &none, ttl).await,
             "other keys are written"
         );
 
-        shared.broadcast(&Invalidation::All).await;
-        assert!(shared.get(&k3).await.is_none(), "everything is deleted");
-        assert!(!shared.write(&k2, &active("s9", "i9"), ttl).await);
+        assert!(shared.publish(&Invalidation::All).await);
+        assert!(
+            shared.get_entry(&k3).await.is_none(),
+            "everything is dead: one generation on"
+        );
         let mut conn = shared.connection().await.unwrap();
+        let generation: u64 = conn.get("sessiongate:generation").await.unwrap();
+        assert_eq!(generation, 1, "one key for invalidate-all");
+        // A replica still on the old generation cannot write.
+        shared.generation.store(0, Ordering::SeqCst);
+        assert!(!shared.write(&k2, &active("s9", "i9"), ttl).await);
+        assert_eq!(
+            shared.generation.load(Ordering::SeqCst),
+            1,
+            "and learns the new one"
+        );
         let tomb: bool = conn.exists("sessiongate:t:s:s1").await.unwrap();
         assert!(tomb, "invalidating everything keeps the other tombstones");
 
@@ -516,7 +595,7 @@ mod tests {
             shared.write(&k1, &active("s1", "i1"), ttl).await,
             "tombstones expire after the window"
         );
-        assert!(shared.get(&k1).await.is_some());
+        assert!(shared.get_entry(&k1).await.is_some());
         stop.cancel();
     }
 }

@@ -10,8 +10,169 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::cache::key::CacheKey;
+use super::cache::key::{CacheKey, unhex};
 use super::{Aal, Outcome, Session};
+
+pub use crate::config::RESERVED_CLAIMS;
+
+/// Largest stored value read back from the shared tier.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Why a value or message from the shared tier was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Larger than [`MAX_VALUE_BYTES`].
+    Oversized,
+    /// Not in our format.
+    Malformed,
+    /// The MAC does not match: not written by a replica holding `cache.key_secret`, altered,
+    /// or moved to another key.
+    Forged,
+    /// A message from too long ago (or the future): a replay.
+    Stale,
+}
+
+impl Rejected {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Oversized => "oversized",
+            Rejected::Malformed => "malformed",
+            Rejected::Forged => "forged",
+            Rejected::Stale => "stale",
+        }
+    }
+}
+
+/// Authenticates what crosses the shared tier: every stored value (bound to its cache key and
+/// the invalidate-all generation it was written under) and every invalidation message carries a
+/// keyed BLAKE3 MAC from `cache.key_secret`. Whoever can write to Redis without the secret can
+/// delete entries, never change one.
+#[derive(Clone)]
+pub struct Sealer {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(<redacted>)")
+    }
+}
+
+/// An invalidation as sent between replicas: authenticated, timestamped, and for `All` the new
+/// generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Message {
+    #[serde(flatten)]
+    inv: Invalidation,
+    /// Sent at, unix ms.
+    at: u64,
+    /// For `All`: the generation it starts.
+    #[serde(default)]
+    generation: u64,
+}
+
+/// How old (or how far in the future) a message may be.
+const MESSAGE_WINDOW_MS: u64 = 60_000;
+
+impl Sealer {
+    /// Keyed from the shared `cache.key_secret`.
+    pub fn new(key_secret: &str) -> Sealer {
+        Sealer {
+            key: blake3::derive_key("sessiongate 2026 shared tier mac v1", key_secret.as_bytes()),
+        }
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.finalize().to_hex().to_string()
+    }
+
+    /// `<mac>.<generation>.<json>` for the entry under `key`.
+    pub fn seal_entry(&self, key: &CacheKey, generation: u64, stored: &Stored) -> Vec<u8> {
+        let json = serde_json::to_vec(stored).unwrap_or_default();
+        let g = generation.to_string();
+        let mac = self.mac(&[b"entry", key, g.as_bytes(), &json]);
+        let mut out = Vec::with_capacity(mac.len() + g.len() + json.len() + 2);
+        out.extend_from_slice(mac.as_bytes());
+        out.push(b'.');
+        out.extend_from_slice(g.as_bytes());
+        out.push(b'.');
+        out.extend_from_slice(&json);
+        out
+    }
+
+    /// The entry and its generation, if `bytes` were sealed for `key` by a holder of the secret.
+    pub fn open_entry(&self, key: &CacheKey, bytes: &[u8]) -> Result<(u64, Stored), Rejected> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(Rejected::Oversized);
+        }
+        let mut parts = bytes.splitn(3, |b| *b == b'.');
+        let (Some(mac), Some(g), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Rejected::Malformed);
+        };
+        let expected = self.mac(&[b"entry", key, g, json]);
+        if !constant_time_eq(mac, expected.as_bytes()) {
+            return Err(Rejected::Forged);
+        }
+        let generation = std::str::from_utf8(g)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .ok_or(Rejected::Malformed)?;
+        let stored = serde_json::from_slice(json).map_err(|_| Rejected::Malformed)?;
+        Ok((generation, stored))
+    }
+
+    /// `<mac>.<json>` of an invalidation message.
+    pub fn seal_message(&self, inv: &Invalidation, generation: u64) -> String {
+        let json = serde_json::to_string(&Message {
+            inv: inv.clone(),
+            at: unix_ms(SystemTime::now()),
+            generation,
+        })
+        .unwrap_or_default();
+        format!("{}.{json}", self.mac(&[b"message", json.as_bytes()]))
+    }
+
+    /// The invalidation and its generation, if a holder of the secret sent it recently.
+    pub fn open_message(&self, bytes: &[u8]) -> Result<(Invalidation, u64), Rejected> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(Rejected::Oversized);
+        }
+        let Some((mac, json)) = bytes
+            .split_first_chunk::<64>()
+            .and_then(|(mac, rest)| rest.strip_prefix(b".").map(|json| (mac.as_slice(), json)))
+        else {
+            return Err(Rejected::Malformed);
+        };
+        let expected = self.mac(&[b"message", json]);
+        if !constant_time_eq(mac, expected.as_bytes()) {
+            return Err(Rejected::Forged);
+        }
+        let m: Message = serde_json::from_slice(json).map_err(|_| Rejected::Malformed)?;
+        let now = unix_ms(SystemTime::now());
+        if m.at.abs_diff(now) > MESSAGE_WINDOW_MS {
+            return Err(Rejected::Stale);
+        }
+        let ids_ok = match &m.inv {
+            Invalidation::Key(k) => unhex(k).is_some(),
+            Invalidation::Session(id) | Invalidation::Identity(id) => super::is_valid_id(id),
+            Invalidation::All => true,
+        };
+        if !ids_ok {
+            return Err(Rejected::Malformed);
+        }
+        Ok((m.inv, m.generation))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Boxed future returned by [`SharedTier`] calls.
 pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -23,8 +184,8 @@ pub trait SharedTier: Send + Sync + std::fmt::Debug + 'static {
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Stored>>;
     /// Stores an entry for `ttl`, in the background.
     fn put(self: Arc<Self>, key: CacheKey, stored: Stored, ttl: Duration);
-    /// Deletes what the invalidation covers and tells every replica.
-    fn broadcast<'a>(&'a self, inv: &'a Invalidation) -> TierFuture<'a, ()>;
+    /// Deletes what the invalidation covers and tells every replica; false when it could not.
+    fn broadcast<'a>(&'a self, inv: &'a Invalidation) -> TierFuture<'a, bool>;
     /// Are invalidations from other replicas being received?
     fn healthy(&self) -> bool;
 }
@@ -133,15 +294,16 @@ impl Stored {
                     3 => Aal::Aal3,
                     _ => Aal::Aal0,
                 };
-                // Claims must be a JSON object body; reject anything else rather than mint it.
-                if !self.claims.is_empty()
-                    && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&format!(
-                        "{{{}}}",
-                        self.claims
-                    ))
-                    .is_err()
-                {
-                    return None;
+                // Claims must be a JSON object body without a claim sessiongate sets itself;
+                // reject anything else rather than mint it.
+                if !self.claims.is_empty() {
+                    let map = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                        &format!("{{{}}}", self.claims),
+                    )
+                    .ok()?;
+                    if map.keys().any(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+                        return None;
+                    }
                 }
                 Outcome::Active(Arc::new(Session {
                     id: self.sid.clone(),
@@ -167,7 +329,108 @@ impl Stored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::cache::key::{hex, unhex};
+    use crate::session::cache::key::hex;
+
+    #[test]
+    fn sealed_entries_and_messages_verify_and_forgeries_do_not() {
+        let sealer = Sealer::new(&"s".repeat(40));
+        let other = Sealer::new(&"t".repeat(40));
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let st = Stored::new(
+            &Outcome::Unauthenticated,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let sealed = sealer.seal_entry(&k1, 3, &st);
+        assert_eq!(sealer.open_entry(&k1, &sealed).unwrap().0, 3);
+        assert_eq!(
+            sealer.open_entry(&k2, &sealed).unwrap_err(),
+            Rejected::Forged,
+            "moved to another key"
+        );
+        assert_eq!(
+            other.open_entry(&k1, &sealed).unwrap_err(),
+            Rejected::Forged,
+            "another secret"
+        );
+        let mut altered = sealed.clone();
+        let n = altered.len();
+        altered[n - 2] ^= 1;
+        assert_eq!(
+            sealer.open_entry(&k1, &altered).unwrap_err(),
+            Rejected::Forged
+        );
+        let mut regen = sealed.clone();
+        regen[65] = b'9';
+        assert_eq!(
+            sealer.open_entry(&k1, &regen).unwrap_err(),
+            Rejected::Forged,
+            "generation is bound"
+        );
+        assert_eq!(
+            sealer
+                .open_entry(&k1, br#"{"o":"n","until":1,"fresh":1}"#)
+                .unwrap_err(),
+            Rejected::Malformed
+        );
+        assert_eq!(
+            sealer
+                .open_entry(&k1, &vec![b'a'; MAX_VALUE_BYTES + 1])
+                .unwrap_err(),
+            Rejected::Oversized
+        );
+
+        let msg = sealer.seal_message(&Invalidation::All, 9);
+        assert_eq!(
+            sealer.open_message(msg.as_bytes()).unwrap(),
+            (Invalidation::All, 9)
+        );
+        assert_eq!(
+            other.open_message(msg.as_bytes()).unwrap_err(),
+            Rejected::Forged
+        );
+        assert!(
+            sealer.open_message(br#"{"kind":"all"}"#).is_err(),
+            "unsealed"
+        );
+        let forged = msg.replace("\"all\"", "\"session\",\"id\":\"x\"");
+        assert!(sealer.open_message(forged.as_bytes()).is_err());
+        let bad_id = sealer.seal_message(&Invalidation::Session("a b".into()), 0);
+        assert_eq!(
+            sealer.open_message(bad_id.as_bytes()).unwrap_err(),
+            Rejected::Malformed
+        );
+        // A replay from long ago.
+        let json = r#"{"kind":"all","at":1000,"generation":2}"#;
+        let old = format!("{}.{json}", sealer.mac(&[b"message", json.as_bytes()]));
+        assert_eq!(
+            sealer.open_message(old.as_bytes()).unwrap_err(),
+            Rejected::Stale
+        );
+    }
+
+    #[test]
+    fn stored_entries_cannot_carry_reserved_claims() {
+        for claim in RESERVED_CLAIMS {
+            let s = Session {
+                id: "s".into(),
+                identity_id: "i".into(),
+                aal: Aal::Aal1,
+                expires_at: SystemTime::now() + Duration::from_secs(600),
+                extra_claims: format!("\"{claim}\":\"evil\"").into(),
+                identity_headers: vec![],
+                generation: 1,
+            };
+            let st = Stored::new(
+                &Outcome::Active(Arc::new(s)),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            assert!(st.decode().is_none(), "{claim}");
+        }
+    }
 
     #[test]
     fn stored_round_trip_and_rejects_garbage() {

@@ -124,6 +124,9 @@ impl WhoamiClient {
                 req.header("x-session-token", credential.expose())
             }
         };
+        if cx.fresh {
+            req = req.header(http::header::CACHE_CONTROL, "max-age=0");
+        }
         if let Some(id) = &cx.request_id {
             req = req.header("x-request-id", id);
         }

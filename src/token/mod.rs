@@ -18,13 +18,23 @@ use crate::config::JwtConfig;
 use crate::telemetry::Metrics;
 
 /// A minted token, as the ready-to-send header value `Bearer <jwt>`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Minted {
     audience: Option<Arc<str>>,
     header_value: Arc<str>,
     iat: u64,
     exp: u64,
     generation: u64,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("audience", &self.audience)
+            .field("header_value", &"Bearer <redacted>")
+            .field("exp", &self.exp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whom a token is minted for, borrowed from the source that proved it (a Kratos session today).

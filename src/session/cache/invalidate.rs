@@ -2,7 +2,8 @@
 //! shared tier) on every replica; and tombstones, so that an upstream call already in flight
 //! cannot resurrect what was invalidated.
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::key::{CacheKey, unhex};
 use super::{SessionCache, Tomb, lock};
@@ -10,13 +11,49 @@ use crate::credentials::Credential;
 use crate::session::tier::Invalidation;
 use crate::telemetry::KindLabel;
 
+/// An invalidation applied on this replica whose broadcast to the others failed: they keep
+/// their entries until their TTL (or `redis.degraded_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalidated {local} entries on this replica, but the broadcast to the other replicas failed"
+)]
+pub struct BroadcastFailed {
+    /// Entries dropped on this replica.
+    pub local: u64,
+}
+
+/// Recent invalidations, in the order they happened: burying one is O(1) amortised (expired
+/// tombstones leave from the front), however many there are.
+#[derive(Debug, Default)]
+pub(super) struct Tombs {
+    by_tomb: HashMap<Tomb, Instant>,
+    order: VecDeque<(Instant, Tomb)>,
+}
+
+impl Tombs {
+    fn bury(&mut self, tomb: Tomb, now: Instant, ttl: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < ttl {
+                break;
+            }
+            if let Some((at, old)) = self.order.pop_front()
+                && self.by_tomb.get(&old) == Some(&at)
+            {
+                self.by_tomb.remove(&old);
+            }
+        }
+        self.by_tomb.insert(tomb.clone(), now);
+        self.order.push_back((now, tomb));
+    }
+}
+
 impl SessionCache {
     pub(super) fn tombstoned(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
         if lock(&self.inner.all_invalidated_at).is_some_and(|t| t >= since) {
             return true;
         }
         let tombs = lock(&self.inner.tombs);
-        if tombs.is_empty() {
+        if tombs.by_tomb.is_empty() {
             return false;
         }
         [
@@ -25,15 +62,11 @@ impl SessionCache {
             Tomb::Identity(iid.into()),
         ]
         .iter()
-        .any(|t| tombs.get(t).is_some_and(|at| *at >= since))
+        .any(|t| tombs.by_tomb.get(t).is_some_and(|at| *at >= since))
     }
 
     pub(super) fn bury(&self, tomb: Tomb) {
-        let now = Instant::now();
-        let mut tombs = lock(&self.inner.tombs);
-        let ttl = self.inner.tomb_ttl;
-        tombs.retain(|_, at| now.duration_since(*at) < ttl);
-        tombs.insert(tomb, now);
+        lock(&self.inner.tombs).bury(tomb, Instant::now(), self.inner.tomb_ttl);
     }
 
     /// Applies an invalidation received from another replica (no re-broadcast).
@@ -57,9 +90,11 @@ impl SessionCache {
         }
     }
 
-    async fn broadcast(&self, inv: Invalidation) {
-        if let Some(tier) = &self.inner.tier {
-            tier.broadcast(&inv).await;
+    /// Tells the other replicas; `Err` when there is a shared tier and it could not.
+    async fn broadcast(&self, inv: Invalidation, local: u64) -> Result<u64, BroadcastFailed> {
+        match &self.inner.tier {
+            Some(tier) if !tier.broadcast(&inv).await => Err(BroadcastFailed { local }),
+            _ => Ok(local),
         }
     }
 
@@ -69,17 +104,18 @@ impl SessionCache {
         self.bury(Tomb::Key(key));
         let n = u64::from(self.inner.entries.remove(&key).await.is_some());
         self.count_invalidation("credential");
-        self.broadcast(Invalidation::Key(super::key::hex(&key)))
+        // A failed broadcast is logged by the tier; other replicas keep the entry until its TTL.
+        let _ = self
+            .broadcast(Invalidation::Key(super::key::hex(&key)), n)
             .await;
         n
     }
 
     /// Drops every entry of one Kratos session (on every replica, with Redis).
-    pub async fn invalidate_session(&self, session_id: &str) -> u64 {
+    pub async fn invalidate_session(&self, session_id: &str) -> Result<u64, BroadcastFailed> {
         let n = self.invalidate_session_local(session_id).await;
-        self.broadcast(Invalidation::Session(session_id.into()))
-            .await;
-        n
+        self.broadcast(Invalidation::Session(session_id.into()), n)
+            .await
     }
 
     async fn invalidate_session_local(&self, session_id: &str) -> u64 {
@@ -89,12 +125,34 @@ impl SessionCache {
         self.remove_keys(keys).await
     }
 
+    /// Drops one session's entries, on every replica, only if this replica holds that session
+    /// for `identity_id` (a caller ending a session it owns); otherwise nothing. Returns the
+    /// entries dropped here.
+    pub async fn invalidate_session_of_identity(&self, session_id: &str, identity_id: &str) -> u64 {
+        let keys = lock(&self.inner.index).session(session_id);
+        let mut owned = false;
+        for k in keys {
+            if let Some(e) = self.inner.entries.get(&k).await
+                && e.ids()
+                    .is_some_and(|(sid, iid)| sid == session_id && iid == identity_id)
+            {
+                owned = true;
+                break;
+            }
+        }
+        if !owned {
+            return 0;
+        }
+        self.invalidate_session(session_id)
+            .await
+            .unwrap_or_else(|e| e.local)
+    }
+
     /// Drops every entry of one Kratos identity (on every replica, with Redis).
-    pub async fn invalidate_identity(&self, identity_id: &str) -> u64 {
+    pub async fn invalidate_identity(&self, identity_id: &str) -> Result<u64, BroadcastFailed> {
         let n = self.invalidate_identity_local(identity_id).await;
-        self.broadcast(Invalidation::Identity(identity_id.into()))
-            .await;
-        n
+        self.broadcast(Invalidation::Identity(identity_id.into()), n)
+            .await
     }
 
     async fn invalidate_identity_local(&self, identity_id: &str) -> u64 {
@@ -105,10 +163,9 @@ impl SessionCache {
     }
 
     /// Drops everything (on every replica, with Redis).
-    pub async fn invalidate_all(&self) -> u64 {
+    pub async fn invalidate_all(&self) -> Result<u64, BroadcastFailed> {
         let n = self.invalidate_all_local().await;
-        self.broadcast(Invalidation::All).await;
-        n
+        self.broadcast(Invalidation::All, n).await
     }
 
     async fn invalidate_all_local(&self) -> u64 {
@@ -137,5 +194,40 @@ impl SessionCache {
             .cache_invalidations
             .get_or_create(&KindLabel { kind })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_expire_in_order_and_stay_bounded() {
+        let mut t = Tombs::default();
+        let start = Instant::now();
+        let ttl = Duration::from_secs(1);
+        for n in 0..10_000u32 {
+            let at = start + Duration::from_millis(u64::from(n));
+            t.bury(Tomb::Session(n.to_string().into()), at, ttl);
+        }
+        assert!(
+            t.order.len() <= 1001 && t.by_tomb.len() <= 1001,
+            "{}",
+            t.order.len()
+        );
+        // Re-burying keeps the newest time; the older queue entry does not remove it.
+        let later = start + Duration::from_millis(20_000);
+        t.bury(Tomb::Session("x".into()), later, ttl);
+        t.bury(
+            Tomb::Session("x".into()),
+            later + Duration::from_millis(900),
+            ttl,
+        );
+        t.bury(
+            Tomb::Session("y".into()),
+            later + Duration::from_millis(1500),
+            ttl,
+        );
+        assert!(t.by_tomb.contains_key(&Tomb::Session("x".into())));
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
@@ -35,6 +35,7 @@ use crate::telemetry::{KindLabel, Metrics};
 
 mod index;
 mod invalidate;
+pub use invalidate::BroadcastFailed;
 pub mod key;
 
 use index::Index;
@@ -88,6 +89,17 @@ enum Uncached {
 type FetchResult = Result<Arc<Cached>, Uncached>;
 type SharedFetch = Shared<Pin<Box<dyn Future<Output = FetchResult> + Send>>>;
 
+/// An upstream call in flight for one key.
+struct Flight {
+    id: u64,
+    /// When the request to Kratos went out (unset while it waits to be sent): an answer can
+    /// only be newer than this.
+    sent: Arc<OnceLock<Instant>>,
+    /// Asked past every cache (the shared tier, Ory Network's edge cache).
+    fresh: bool,
+    fetch: SharedFetch,
+}
+
 /// What the caller accepts from the cache.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Freshness {
@@ -123,10 +135,10 @@ struct Inner {
     negative_ttl: Duration,
     stale_if_error: Duration,
     tomb_ttl: Duration,
-    inflight: Mutex<HashMap<CacheKey, (u64, SharedFetch)>>,
+    inflight: Mutex<HashMap<CacheKey, Flight>>,
     next_flight: std::sync::atomic::AtomicU64,
     index: Arc<Mutex<Index>>,
-    tombs: Mutex<HashMap<Tomb, Instant>>,
+    tombs: Mutex<invalidate::Tombs>,
     all_invalidated_at: Mutex<Option<Instant>>,
     tier: Option<Arc<dyn SharedTier>>,
     degraded_ttl: Duration,
@@ -244,7 +256,9 @@ impl SessionCache {
                 match &hit.outcome {
                     Outcome::Active(_) if arrival >= hit.fresh_until => {
                         inner.metrics.cache_lookup("stale");
-                        if self.start_fetch(key, credential, cx).1 {
+                        // A refresh must reach Kratos: an answer newer than this entry, never
+                        // the shared tier's copy of it.
+                        if self.start_fetch(key, credential, cx, Some(hit.stored_at)).1 {
                             inner.metrics.cache_lookup("refresh");
                         }
                     }
@@ -258,7 +272,12 @@ impl SessionCache {
             }
         }
 
-        let (fetch, leader) = self.start_fetch(key, credential, cx);
+        // A client's max-age asks for an answer from no earlier than (arrival - max-age): join
+        // only an upstream call that started since, and ask past every cache.
+        let fresh_since = freshness
+            .max_age
+            .map(|m| arrival.checked_sub(m).unwrap_or(arrival));
+        let (fetch, leader) = self.start_fetch(key, credential, cx, fresh_since);
         let result = fetch.await;
         inner
             .metrics
@@ -287,30 +306,41 @@ impl SessionCache {
     }
 
     /// Joins the upstream call in flight for `key`, or starts one. Returns whether it started one.
+    /// With `fresh_since`, the answer must come from Kratos itself (no shared tier, `max-age=0`
+    /// to Ory's edge) in a call started no earlier than that: older calls are not joined.
     fn start_fetch(
         &self,
         key: CacheKey,
         credential: &Credential,
         cx: &LookupContext,
+        fresh_since: Option<Instant>,
     ) -> (SharedFetch, bool) {
         let mut inflight = lock(&self.inner.inflight);
-        if let Some((_, f)) = inflight.get(&key) {
-            return (f.clone(), false);
+        if let Some(f) = inflight.get(&key)
+            && fresh_since.is_none_or(|t| f.fresh && f.sent.get().is_none_or(|s| *s >= t))
+        {
+            return (f.fetch.clone(), false);
         }
+        let fresh = fresh_since.is_some();
         let id = self
             .inner
             .next_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let this = self.clone();
         let credential = credential.clone();
-        let cx = cx.clone();
+        let cx = LookupContext {
+            fresh,
+            ..cx.clone()
+        };
+        let sent: Arc<OnceLock<Instant>> = Arc::default();
+        let sent_by_fetch = sent.clone();
         // The upstream call runs as its own task (callers may give up; the answer is still
         // cached) but stays in the trace of the request that started it.
         let task = tokio::spawn(
             async move {
-                let result = this.fetch(key, &credential, &cx).await;
+                let result = this.fetch(key, &credential, &cx, &sent_by_fetch).await;
                 let mut inflight = lock(&this.inner.inflight);
-                if inflight.get(&key).is_some_and(|(i, _)| *i == id) {
+                if inflight.get(&key).is_some_and(|f| f.id == id) {
                     inflight.remove(&key);
                 }
                 result
@@ -323,7 +353,15 @@ impl SessionCache {
             ))))
         }));
         let shared = fut.shared();
-        inflight.insert(key, (id, shared.clone()));
+        inflight.insert(
+            key,
+            Flight {
+                id,
+                sent,
+                fresh,
+                fetch: shared.clone(),
+            },
+        );
         (shared, true)
     }
 
@@ -332,16 +370,23 @@ impl SessionCache {
         key: CacheKey,
         credential: &Credential,
         cx: &LookupContext,
+        sent: &OnceLock<Instant>,
     ) -> FetchResult {
         let inner = &self.inner;
         for attempt in 0..2 {
             let started = Instant::now();
             // While Redis is known to be down (subscription lost), do not pay its timeout on
             // every miss: go straight to Kratos.
-            if let Some(tier) = inner.tier.as_ref().filter(|t| t.healthy())
+            if !cx.fresh
+                && let Some(tier) = inner.tier.as_ref().filter(|t| t.healthy())
                 && let Some(stored) = tier.get(&key).await
                 && let Some((outcome, fresh, usable)) = stored.decode()
             {
+                // Never trust a stored lifetime beyond our own TTL or the session's end.
+                let usable = match &outcome {
+                    Outcome::Active(s) => usable.min(inner.ttl).min(s.remaining(SystemTime::now())),
+                    _ => usable.min(inner.negative_ttl),
+                };
                 let cached = self.cached(outcome, fresh, usable);
                 let (sid, iid) = cached.ids().unwrap_or(("", ""));
                 if !self.tombstoned(&key, sid, iid, started) {
@@ -353,6 +398,8 @@ impl SessionCache {
                     return Ok(cached);
                 }
             }
+            // Set once, before the first attempt goes out (a retry is newer still).
+            let _ = sent.set(Instant::now());
             let answer = inner
                 .source
                 .lookup(credential, cx)
@@ -729,6 +776,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_forced_lookup_never_joins_a_call_that_went_out_before_it() {
+        let (c, fake) = setup(CacheConfig::default(), 80);
+        let c2 = c.clone();
+        let first = tokio::spawn(async move { get(&c2, "a").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(fake.calls(), 1, "the first call is out");
+        let forced = Freshness {
+            max_age: Some(Duration::ZERO),
+        };
+        assert!(is_active(
+            &c.lookup(&cred("a"), &LookupContext::default(), forced)
+                .await
+        ));
+        assert_eq!(fake.calls(), 2, "no-cache made its own call");
+        first.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn refresh_and_forced_lookups_ask_past_every_cache() {
+        // The source sees `fresh` on refreshes and forced lookups (Cache-Control: max-age=0 to
+        // Ory Network; the shared tier is skipped), never on plain misses.
+        struct Seen(Mutex<Vec<bool>>);
+        impl SessionSource for Seen {
+            fn lookup<'a>(&'a self, _: &'a Credential, cx: &'a LookupContext) -> LookupFuture<'a> {
+                self.0.lock().unwrap().push(cx.fresh);
+                Box::pin(async { active(3600) })
+            }
+        }
+        let seen = Arc::new(Seen(Mutex::default()));
+        let config = CacheConfig {
+            refresh_after: Duration::from_millis(30),
+            ..CacheConfig::default()
+        };
+        let c = SessionCache::new(
+            &config,
+            seen.clone(),
+            Metrics::new(),
+            Duration::from_millis(500),
+        );
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        get(&c, "a").await.unwrap(); // stale: background refresh
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let forced = Freshness {
+            max_age: Some(Duration::ZERO),
+        };
+        c.lookup(&cred("a"), &LookupContext::default(), forced)
+            .await
+            .unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), vec![false, true, true]);
+    }
+
+    #[tokio::test]
     async fn stale_if_error_is_bounded_and_off_by_default() {
         for (stale, expect_served) in [(Duration::ZERO, false), (Duration::from_secs(5), true)] {
             let config = CacheConfig {
@@ -747,7 +847,7 @@ mod tests {
                 "stale_if_error={stale:?}"
             );
             // Never for an invalidated session.
-            c.invalidate_session("s").await;
+            c.invalidate_session("s").await.unwrap();
             assert!(get(&c, "a").await.is_err());
             // 429 is not an error stale_if_error covers.
         }
@@ -760,20 +860,20 @@ mod tests {
         get(&c, "a").await.unwrap();
         get(&c, "b").await.unwrap();
         assert_eq!(
-            c.invalidate_session("s").await,
+            c.invalidate_session("s").await.unwrap(),
             2,
             "both credentials resolved to session s"
         );
-        assert_eq!(c.invalidate_session("s").await, 0);
+        assert_eq!(c.invalidate_session("s").await.unwrap(), 0);
         get(&c, "a").await.unwrap();
-        assert_eq!(c.invalidate_identity("i").await, 1);
-        assert_eq!(c.invalidate_identity("nobody").await, 0);
+        assert_eq!(c.invalidate_identity("i").await.unwrap(), 1);
+        assert_eq!(c.invalidate_identity("nobody").await.unwrap(), 0);
         get(&c, "a").await.unwrap();
         assert_eq!(c.invalidate_credential(&cred("a")).await, 1);
         get(&c, "a").await.unwrap();
         get(&c, "b").await.unwrap();
         c.run_pending_tasks().await;
-        assert_eq!(c.invalidate_all().await, 2);
+        assert_eq!(c.invalidate_all().await.unwrap(), 2);
         c.run_pending_tasks().await;
         assert_eq!(c.stats().entries, 0);
         let before = fake.calls();
@@ -797,7 +897,7 @@ mod tests {
         let c2 = c.clone();
         let pending = tokio::spawn(async move { get(&c2, "a").await });
         tokio::time::sleep(Duration::from_millis(30)).await;
-        c.invalidate_session("s").await;
+        c.invalidate_session("s").await.unwrap();
         let r = pending.await.unwrap();
         assert!(
             matches!(r, Ok(Outcome::Unauthenticated)),
@@ -817,7 +917,7 @@ mod tests {
         get(&c, "a").await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         get(&c, "a").await.unwrap(); // stale → refresh starts (answers "active" after 80 ms)
-        c.invalidate_identity("i").await;
+        c.invalidate_identity("i").await.unwrap();
         fake.set(unauthenticated);
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(matches!(get(&c, "a").await, Ok(Outcome::Unauthenticated)));
