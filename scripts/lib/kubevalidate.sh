@@ -21,11 +21,19 @@ kv_install() {
 }
 
 # kv_validate FILE...: strict (unknown fields are errors) against every pinned version; fails if
-# any version rejects. (Explicit `|| return`: `set -e` is ignored inside functions called from
-# `if`/`||`.)
+# any version rejects, or if a kind has no schema (kubernetes-validate only warns about those,
+# e.g. a removed apiVersion) unless the kind is listed in KV_SCHEMALESS_KINDS (CRDs checked
+# elsewhere). (Explicit `|| return`: `set -e` is ignored in functions called from `if`/`||`.)
 kv_validate() {
-  local v
+  local v out line kind ok k
   for v in "${K8S_VERSIONS[@]}"; do
-    "$KV" --strict --quiet -k "$v" "$@" || return 1
+    out="$("$KV" --strict --quiet -k "$v" "$@" 2>&1)" || { printf '%s\n' "$out"; return 1; }
+    while IFS= read -r line; do
+      [[ "$line" == *"Couldn't find schema for kind "* ]] || continue
+      kind="${line#*Couldn\'t find schema for kind }"; kind="${kind%% *}"
+      ok=0
+      for k in ${KV_SCHEMALESS_KINDS:-}; do [[ "$k" == "$kind" ]] && ok=1; done
+      ((ok)) || { printf '%s\n' "$out"; echo "no Kubernetes $v schema for kind $kind" >&2; return 1; }
+    done <<<"$out"
   done
 }
