@@ -29,7 +29,7 @@ cmd_build() {
   work="$(mktemp -d "$CACHE_DIR/helm-build.XXXXXX")"
   # Helm's Makefile stamps the Kubernetes version it was built against (client-go v0.X.Y means
   # Kubernetes 1.X) into the default .Capabilities.KubeVersion and the deprecation lint rules.
-  mod="$(go mod download -json "$HELM_MODULE@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
+  mod="$(gomod_field "$HELM_MODULE" "$HELM_VERSION" GoMod)"
   minor="$(sed -n 's/^[[:space:]]*k8s\.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$mod")"
   [[ -n "$minor" ]] || { gobuild_cleanup "$work"; log "no k8s.io/client-go in $mod"; exit 1; }
   major=1

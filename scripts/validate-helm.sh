@@ -37,6 +37,8 @@ log() { printf '==> %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=lib/kubevalidate.sh
 source "$ROOT/scripts/lib/kubevalidate.sh"
+# shellcheck source=lib/gobuild.sh
+source "$ROOT/scripts/lib/gobuild.sh"
 
 # ── tools ──────────────────────────────────────────────────────────────────────
 HELM="$("$ROOT/scripts/helm.sh" build | tail -n1)"
@@ -45,8 +47,7 @@ CRD="$CACHE/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/monitoring.cor
 if [[ ! -f "$CRD" ]]; then
   command -v go >/dev/null || fail "go is required to fetch the ServiceMonitor CRD"
   log "fetching the ServiceMonitor CRD from $PROMETHEUS_OPERATOR_MODULE@$PROMETHEUS_OPERATOR_VERSION (go mod download, one-off)"
-  dir="$(GOTOOLCHAIN=local go mod download -json "$PROMETHEUS_OPERATOR_MODULE@$PROMETHEUS_OPERATOR_VERSION" \
-         | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  dir="$(gomod_field "$PROMETHEUS_OPERATOR_MODULE" "$PROMETHEUS_OPERATOR_VERSION" Dir)"
   src="$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
   [[ -f "$src" ]] || fail "no ServiceMonitor CRD at $src"
   mkdir -p "$(dirname "$CRD")"

@@ -106,15 +106,22 @@ def check_mesh(doc, where, problems, providers):
             problems.append(f"{w}.{kind}.statusOnError: must be a string such as \"503\"")
 
 
-def check_request_authn(doc, where, problems, issuers):
+def security_spec(doc, where, problems, spec_fields):
+    """Checks a security.istio.io object's apiVersion, metadata and spec field names; returns
+    the spec, or None when it is not a mapping."""
     if doc.get("apiVersion") not in ("security.istio.io/v1", "security.istio.io/v1beta1"):
         problems.append(f"{where}: apiVersion must be security.istio.io/v1")
     md = doc.get("metadata") or {}
     if not md.get("name") or not md.get("namespace"):
         problems.append(f"{where}: metadata.name and metadata.namespace are required")
     spec = doc.get("spec")
-    unknown(spec, REQUEST_AUTHN_SPEC_FIELDS, f"{where}.spec", problems)
-    if not isinstance(spec, dict):
+    unknown(spec, spec_fields, f"{where}.spec", problems)
+    return spec if isinstance(spec, dict) else None
+
+
+def check_request_authn(doc, where, problems, issuers):
+    spec = security_spec(doc, where, problems, REQUEST_AUTHN_SPEC_FIELDS)
+    if spec is None:
         return
     rules = spec.get("jwtRules")
     if not isinstance(rules, list) or not rules:
@@ -156,14 +163,8 @@ def check_principals(doc, where, problems, issuers):
 
 
 def check_policy(doc, where, problems, providers):
-    if doc.get("apiVersion") not in ("security.istio.io/v1", "security.istio.io/v1beta1"):
-        problems.append(f"{where}: apiVersion must be security.istio.io/v1")
-    md = doc.get("metadata") or {}
-    if not md.get("name") or not md.get("namespace"):
-        problems.append(f"{where}: metadata.name and metadata.namespace are required")
-    spec = doc.get("spec")
-    unknown(spec, AUTHZ_SPEC_FIELDS, f"{where}.spec", problems)
-    if not isinstance(spec, dict):
+    spec = security_spec(doc, where, problems, AUTHZ_SPEC_FIELDS)
+    if spec is None:
         return
     action = spec.get("action", "ALLOW")
     if action not in ("ALLOW", "DENY", "AUDIT", "CUSTOM"):

@@ -531,26 +531,19 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
                 continue;
             };
             let name = str_field(&eg, "cluster_name");
-            match clusters.get(&name) {
-                None => problems.push(format!("{path}: ext_authz cluster {name:?} not defined")),
-                Some(c) => {
-                    if !cluster_is_http2(c)? {
-                        problems.push(format!(
-                            "cluster {name:?}: gRPC needs typed_extension_protocol_options \
-                             {HTTP_PROTOCOL_OPTIONS} with explicit_http_config.http2_protocol_options"
-                        ));
-                    }
-                    let eps = cluster_endpoints(c);
-                    if eps.is_empty() || eps.iter().any(|(_, p)| *p != GRPC_PORT) {
-                        problems.push(format!(
-                            "cluster {name:?}: endpoints {eps:?} must use port {GRPC_PORT}"
-                        ));
-                    }
-                    if file.contains("sidecar") && eps.iter().any(|(a, _)| a != "127.0.0.1") {
-                        problems.push(format!(
-                            "cluster {name:?}: sidecar must target 127.0.0.1, got {eps:?}"
-                        ));
-                    }
+            let what = format!("{path}: ext_authz");
+            if let Some(c) = cluster_on_port(&clusters, &name, &what, GRPC_PORT, &mut problems) {
+                if !cluster_is_http2(c)? {
+                    problems.push(format!(
+                        "cluster {name:?}: gRPC needs typed_extension_protocol_options \
+                         {HTTP_PROTOCOL_OPTIONS} with explicit_http_config.http2_protocol_options"
+                    ));
+                }
+                let eps = cluster_endpoints(c);
+                if file.contains("sidecar") && eps.iter().any(|(a, _)| a != "127.0.0.1") {
+                    problems.push(format!(
+                        "cluster {name:?}: sidecar must target 127.0.0.1, got {eps:?}"
+                    ));
                 }
             }
         } else if let Some(hs) = msg_field(ea, "http_service") {
@@ -567,17 +560,8 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
                 .as_ref()
                 .map(|u| str_field(u, "cluster"))
                 .unwrap_or_default();
-            match clusters.get(&name) {
-                None => problems.push(format!("{path}: http_service cluster {name:?} not defined")),
-                Some(c) => {
-                    let eps = cluster_endpoints(c);
-                    if eps.is_empty() || eps.iter().any(|(_, p)| *p != HTTP_PORT) {
-                        problems.push(format!(
-                            "cluster {name:?}: endpoints {eps:?} must use port {HTTP_PORT}"
-                        ));
-                    }
-                }
-            }
+            let what = format!("{path}: http_service");
+            cluster_on_port(&clusters, &name, &what, HTTP_PORT, &mut problems);
         } else {
             problems.push(format!("{path}: neither grpc_service nor http_service"));
         }
@@ -604,6 +588,27 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
         }
     }
     Ok(problems)
+}
+
+/// The cluster `name` (used by `what`) must exist and every endpoint of it use `port`.
+fn cluster_on_port<'a>(
+    clusters: &'a BTreeMap<String, DynamicMessage>,
+    name: &str,
+    what: &str,
+    port: u32,
+    problems: &mut Vec<String>,
+) -> Option<&'a DynamicMessage> {
+    let Some(c) = clusters.get(name) else {
+        problems.push(format!("{what} cluster {name:?} not defined"));
+        return None;
+    };
+    let eps = cluster_endpoints(c);
+    if eps.is_empty() || eps.iter().any(|(_, p)| *p != port) {
+        problems.push(format!(
+            "cluster {name:?}: endpoints {eps:?} must use port {port}"
+        ));
+    }
+    Some(c)
 }
 
 /// Whether one of these HTTP filters is a header_mutation that removes request header `name`.
@@ -682,17 +687,13 @@ fn jwt_authn_problems(
                 ));
             }
             let cluster = str_field(&uri, "cluster");
-            match clusters.get(&cluster) {
-                None => problems.push(format!("{at}: JWKS cluster {cluster:?} not defined")),
-                Some(c) => {
-                    let eps = cluster_endpoints(c);
-                    if eps.is_empty() || eps.iter().any(|(_, p)| *p != HTTP_PORT) {
-                        problems.push(format!(
-                            "cluster {cluster:?}: endpoints {eps:?} must use port {HTTP_PORT}"
-                        ));
-                    }
-                }
-            }
+            cluster_on_port(
+                clusters,
+                &cluster,
+                &format!("{at}: JWKS"),
+                HTTP_PORT,
+                problems,
+            );
         }
         // The catch-all rule must require a token from a declared provider.
         let mut catch_all = false;
