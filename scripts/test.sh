@@ -35,9 +35,13 @@ if [ -x scripts/grpcurl.sh ]; then
   scripts/grpcurl.sh build >/dev/null
 fi
 
-# Kubernetes / Istio manifests against the real schemas (kustomize + kubernetes-validate, cached).
+# Kubernetes / Istio manifests against the real schemas (kustomize + kubernetes-validate, cached),
+# the Helm chart (helm from the Go module proxy, cached; same schemas), and Envoy's own
+# protoc-gen-validate rules for envoy/*.yaml (tools/envoy-validate, cached).
 if [ $# -eq 0 ]; then
   scripts/validate-k8s.sh
+  scripts/validate-helm.sh
+  scripts/envoy-validate.sh ci
 fi
 
 exec cargo test --all-targets "$@"

@@ -4,9 +4,10 @@
 Checks: well-formed YAML; kinds/apiVersions; only known field names on the objects we
 ship (allow-lists taken from istio.io/api v1.31 mesh/v1alpha1 and security/v1beta1);
 required keys; the values sessiongate depends on (timeout > whoami timeout, failOpen
-false, ports 9191/9192, CUSTOM action referencing a declared provider).
+false, ports 9191/9192, CUSTOM action referencing a declared provider; RequestAuthentication
+jwksUri on sessiongate's JWKS path; request principals naming a declared JWT issuer).
 
-Usage: validate_istio.py MESH_CONFIG AUTHZ_POLICY [...]
+Usage: validate_istio.py MESH_CONFIG AUTHZ_POLICY|REQUEST_AUTHN [...]
 Exit status 0 = all valid, 1 = problems found (printed).
 """
 import re
@@ -30,6 +31,10 @@ AUTHZ_SPEC_FIELDS = {"selector", "targetRef", "targetRefs", "rules", "action", "
 RULE_FIELDS = {"from", "to", "when"}
 OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods",
                     "paths", "notPaths"}
+REQUEST_AUTHN_SPEC_FIELDS = {"selector", "targetRef", "targetRefs", "jwtRules"}
+JWT_RULE_FIELDS = {"issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
+                   "fromCookies", "outputPayloadToHeader", "forwardOriginalToken",
+                   "outputClaimToHeaders", "timeout"}
 SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
                  "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
                  "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts"}
@@ -101,15 +106,65 @@ def check_mesh(doc, where, problems, providers):
             problems.append(f"{w}.{kind}.statusOnError: must be a string such as \"503\"")
 
 
-def check_policy(doc, where, problems, providers):
+def security_spec(doc, where, problems, spec_fields):
+    """Checks a security.istio.io object's apiVersion, metadata and spec field names; returns
+    the spec, or None when it is not a mapping."""
     if doc.get("apiVersion") not in ("security.istio.io/v1", "security.istio.io/v1beta1"):
         problems.append(f"{where}: apiVersion must be security.istio.io/v1")
     md = doc.get("metadata") or {}
     if not md.get("name") or not md.get("namespace"):
         problems.append(f"{where}: metadata.name and metadata.namespace are required")
     spec = doc.get("spec")
-    unknown(spec, AUTHZ_SPEC_FIELDS, f"{where}.spec", problems)
-    if not isinstance(spec, dict):
+    unknown(spec, spec_fields, f"{where}.spec", problems)
+    return spec if isinstance(spec, dict) else None
+
+
+def check_request_authn(doc, where, problems, issuers):
+    spec = security_spec(doc, where, problems, REQUEST_AUTHN_SPEC_FIELDS)
+    if spec is None:
+        return
+    rules = spec.get("jwtRules")
+    if not isinstance(rules, list) or not rules:
+        problems.append(f"{where}.spec.jwtRules: required")
+        return
+    for i, r in enumerate(rules):
+        w = f"{where}.spec.jwtRules[{i}]"
+        unknown(r, JWT_RULE_FIELDS, w, problems)
+        if not isinstance(r, dict):
+            continue
+        if not r.get("issuer"):
+            problems.append(f"{w}.issuer: required (sessiongate's jwt.issuer)")
+        else:
+            issuers.add(r["issuer"])
+        uri = r.get("jwksUri")
+        if uri is not None and not re.fullmatch(r"https?://[^/]+/\.well-known/jwks\.json", str(uri)):
+            problems.append(f"{w}.jwksUri: {uri!r} is not sessiongate's <base>/.well-known/jwks.json")
+        if uri and "svc.cluster.local" in str(uri) and ":9192/" not in str(uri):
+            problems.append(f"{w}.jwksUri: the in-cluster sessiongate Service serves the JWKS on port 9192")
+        for j, h in enumerate(r.get("fromHeaders") or []):
+            unknown(h, {"name", "prefix"}, f"{w}.fromHeaders[{j}]", problems)
+        for j, h in enumerate(r.get("outputClaimToHeaders") or []):
+            unknown(h, {"header", "claim"}, f"{w}.outputClaimToHeaders[{j}]", problems)
+
+
+def check_principals(doc, where, problems, issuers):
+    """requestPrincipals are <iss>/<sub>: each must name an issuer some RequestAuthentication declares."""
+    for i, rule in enumerate(((doc.get("spec") or {}).get("rules")) or []):
+        for j, f in enumerate((rule or {}).get("from") or []):
+            src = (f or {}).get("source") or {}
+            for key in ("requestPrincipals", "notRequestPrincipals"):
+                for p in src.get(key) or []:
+                    if p == "*":
+                        continue
+                    iss = str(p).rsplit("/", 1)[0] if "/" in str(p) else p
+                    if iss not in issuers:
+                        problems.append(f"{where}.spec.rules[{i}].from[{j}].source.{key}: {p!r} names issuer "
+                                        f"{iss!r}, not declared by a RequestAuthentication {sorted(issuers)}")
+
+
+def check_policy(doc, where, problems, providers):
+    spec = security_spec(doc, where, problems, AUTHZ_SPEC_FIELDS)
+    if spec is None:
         return
     action = spec.get("action", "ALLOW")
     if action not in ("ALLOW", "DENY", "AUDIT", "CUSTOM"):
@@ -135,7 +190,7 @@ def check_policy(doc, where, problems, providers):
 
 
 def main(paths):
-    problems, providers, docs = [], set(), []
+    problems, providers, issuers, docs = [], set(), set(), []
     for path in paths:
         try:
             with open(path) as fh:
@@ -144,16 +199,20 @@ def main(paths):
                         docs.append((f"{path}[{i}]", doc))
         except (OSError, yaml.YAMLError) as e:
             problems.append(f"{path}: {e}")
-    # Providers first, so policies in any file order can reference them.
+    # Providers and issuers first, so policies in any file order can reference them.
     for where, doc in docs:
         if not isinstance(doc, dict):
             problems.append(f"{where}: not a mapping")
         elif doc.get("kind") == "IstioOperator":
             check_mesh(doc, where, problems, providers)
+        elif doc.get("kind") == "RequestAuthentication":
+            check_request_authn(doc, where, problems, issuers)
     for where, doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "AuthorizationPolicy":
             check_policy(doc, where, problems, providers)
-        elif isinstance(doc, dict) and doc.get("kind") != "IstioOperator":
+            if issuers:
+                check_principals(doc, where, problems, issuers)
+        elif isinstance(doc, dict) and doc.get("kind") not in ("IstioOperator", "RequestAuthentication"):
             problems.append(f"{where}: unexpected kind {doc.get('kind')!r}")
     for p in problems:
         print(f"  {p}")

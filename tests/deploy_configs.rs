@@ -13,12 +13,17 @@
 //!    buffered, header forwarding is restricted, the sessiongate gRPC cluster speaks HTTP/2
 //!    and points at port 9191, every route's cluster exists, routes that skip ext_authz strip `x-user-id`,
 //!    context_extensions use keys
-//!    and values sessiongate understands.
+//!    and values sessiongate understands. For the upstream-side `jwt_authn` example: every
+//!    provider has an issuer and audiences and fetches sessiongate's JWKS
+//!    (`/.well-known/jwks.json`, port 9192, an existing cluster) from `Authorization: Bearer`,
+//!    the catch-all rule requires a declared provider, and `x-user-id` is removed before
+//!    `jwt_authn` runs.
 //! 3. **Negative tests**: broken fixtures (`tests/fixtures/envoy-broken-*.yaml`) and mutated
 //!    copies of the good config must be rejected, proving the checks can fail.
 //!
 //! What this does NOT check: Envoy's protoc-gen-validate rules (e.g. `min_len`,
-//! `required`), cross-resource references other than clusters, and runtime behaviour.
+//! `required`; `scripts/envoy-validate.sh` checks those), cross-resource references other
+//! than clusters, and runtime behaviour.
 //!
 //! ## Locating `types.bin`
 //! `envoy-types` does not export the descriptor set as a constant, so the file is found at
@@ -42,13 +47,20 @@ use prost_reflect::{
 
 const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 const EXT_AUTHZ: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const JWT_AUTHN: &str = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+const HEADER_MUTATION: &str = "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// sessiongate's `whoami.timeout` default: Envoy must wait longer than this.
 const WHOAMI_TIMEOUT: Duration = Duration::from_millis(150);
 const GRPC_PORT: u32 = 9191;
 const HTTP_PORT: u32 = 9192;
 /// Files every release must ship.
-const EXPECTED_FILES: &[&str] = &["envoy.yaml", "envoy-http-service.yaml", "sidecar.yaml"];
+const EXPECTED_FILES: &[&str] = &[
+    "envoy.yaml",
+    "envoy-http-service.yaml",
+    "sidecar.yaml",
+    "upstream-jwt-authn.yaml",
+];
 
 // ─────────────────────────────── descriptor pool ───────────────────────────────
 
@@ -433,33 +445,47 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
         }
     }
 
-    // ext_authz must run before the router in every HTTP connection manager.
+    // The auth filter (ext_authz at the edge, jwt_authn in front of an upstream) must run
+    // before the router in every HTTP connection manager.
     for (path, hcm) in tree.of_type(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     ) {
-        let names: Vec<String> = list_field(hcm, "http_filters")
+        let filters: Vec<DynamicMessage> = list_field(hcm, "http_filters")
             .into_iter()
             .filter_map(|f| match f {
-                Value::Message(f) => Some(str_field(&f, "name")),
+                Value::Message(f) => Some(f),
                 _ => None,
             })
             .collect();
-        let authz = names
-            .iter()
-            .position(|n| n == "envoy.filters.http.ext_authz");
+        let names: Vec<String> = filters.iter().map(|f| str_field(f, "name")).collect();
+        let auth = names.iter().position(|n| {
+            n == "envoy.filters.http.ext_authz" || n == "envoy.filters.http.jwt_authn"
+        });
         let router = names.iter().position(|n| n == "envoy.filters.http.router");
-        match (authz, router) {
+        match (auth, router) {
             (Some(a), Some(r)) if a < r && r == names.len() - 1 => {}
             _ => problems.push(format!(
-                "{path}: http_filters must contain ext_authz before a final router, got {names:?}"
+                "{path}: http_filters must contain ext_authz (or jwt_authn) before a final router, got {names:?}"
             )),
+        }
+        if let Some(j) = names
+            .iter()
+            .position(|n| n == "envoy.filters.http.jwt_authn")
+        {
+            if !removes_before(&filters[..j], "x-user-id")? {
+                problems.push(format!(
+                    "{path}: no header_mutation before jwt_authn removes x-user-id (forgeable identity)"
+                ));
+            }
         }
     }
 
+    jwt_authn_problems(&tree, &clusters, &mut problems);
+
     // The ext_authz filter itself.
     let authz: Vec<_> = tree.of_type(EXT_AUTHZ).collect();
-    if authz.is_empty() {
-        problems.push("no envoy.filters.http.ext_authz filter".into());
+    if authz.is_empty() && tree.of_type(JWT_AUTHN).next().is_none() {
+        problems.push("no envoy.filters.http.ext_authz (or jwt_authn) filter".into());
     }
     for (path, ea) in authz {
         if bool_field(ea, "failure_mode_allow") {
@@ -505,26 +531,19 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
                 continue;
             };
             let name = str_field(&eg, "cluster_name");
-            match clusters.get(&name) {
-                None => problems.push(format!("{path}: ext_authz cluster {name:?} not defined")),
-                Some(c) => {
-                    if !cluster_is_http2(c)? {
-                        problems.push(format!(
-                            "cluster {name:?}: gRPC needs typed_extension_protocol_options \
-                             {HTTP_PROTOCOL_OPTIONS} with explicit_http_config.http2_protocol_options"
-                        ));
-                    }
-                    let eps = cluster_endpoints(c);
-                    if eps.is_empty() || eps.iter().any(|(_, p)| *p != GRPC_PORT) {
-                        problems.push(format!(
-                            "cluster {name:?}: endpoints {eps:?} must use port {GRPC_PORT}"
-                        ));
-                    }
-                    if file.contains("sidecar") && eps.iter().any(|(a, _)| a != "127.0.0.1") {
-                        problems.push(format!(
-                            "cluster {name:?}: sidecar must target 127.0.0.1, got {eps:?}"
-                        ));
-                    }
+            let what = format!("{path}: ext_authz");
+            if let Some(c) = cluster_on_port(&clusters, &name, &what, GRPC_PORT, &mut problems) {
+                if !cluster_is_http2(c)? {
+                    problems.push(format!(
+                        "cluster {name:?}: gRPC needs typed_extension_protocol_options \
+                         {HTTP_PROTOCOL_OPTIONS} with explicit_http_config.http2_protocol_options"
+                    ));
+                }
+                let eps = cluster_endpoints(c);
+                if file.contains("sidecar") && eps.iter().any(|(a, _)| a != "127.0.0.1") {
+                    problems.push(format!(
+                        "cluster {name:?}: sidecar must target 127.0.0.1, got {eps:?}"
+                    ));
                 }
             }
         } else if let Some(hs) = msg_field(ea, "http_service") {
@@ -541,17 +560,8 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
                 .as_ref()
                 .map(|u| str_field(u, "cluster"))
                 .unwrap_or_default();
-            match clusters.get(&name) {
-                None => problems.push(format!("{path}: http_service cluster {name:?} not defined")),
-                Some(c) => {
-                    let eps = cluster_endpoints(c);
-                    if eps.is_empty() || eps.iter().any(|(_, p)| *p != HTTP_PORT) {
-                        problems.push(format!(
-                            "cluster {name:?}: endpoints {eps:?} must use port {HTTP_PORT}"
-                        ));
-                    }
-                }
-            }
+            let what = format!("{path}: http_service");
+            cluster_on_port(&clusters, &name, &what, HTTP_PORT, &mut problems);
         } else {
             problems.push(format!("{path}: neither grpc_service nor http_service"));
         }
@@ -578,6 +588,134 @@ fn semantic_problems(file: &str, bootstrap: &DynamicMessage) -> Result<Vec<Strin
         }
     }
     Ok(problems)
+}
+
+/// The cluster `name` (used by `what`) must exist and every endpoint of it use `port`.
+fn cluster_on_port<'a>(
+    clusters: &'a BTreeMap<String, DynamicMessage>,
+    name: &str,
+    what: &str,
+    port: u32,
+    problems: &mut Vec<String>,
+) -> Option<&'a DynamicMessage> {
+    let Some(c) = clusters.get(name) else {
+        problems.push(format!("{what} cluster {name:?} not defined"));
+        return None;
+    };
+    let eps = cluster_endpoints(c);
+    if eps.is_empty() || eps.iter().any(|(_, p)| *p != port) {
+        problems.push(format!(
+            "cluster {name:?}: endpoints {eps:?} must use port {port}"
+        ));
+    }
+    Some(c)
+}
+
+/// Whether one of these HTTP filters is a header_mutation that removes request header `name`.
+fn removes_before(filters: &[DynamicMessage], name: &str) -> Result<bool> {
+    for f in filters {
+        let Some(hm) = msg_field(f, "typed_config")
+            .map(|any| unpack_any(&any))
+            .transpose()?
+            .flatten()
+        else {
+            continue;
+        };
+        if hm.descriptor().full_name() != HEADER_MUTATION {
+            continue;
+        }
+        let removes = msg_field(&hm, "mutations")
+            .map(|m| list_field(&m, "request_mutations"))
+            .unwrap_or_default()
+            .into_iter()
+            .any(|m| matches!(m, Value::Message(m) if str_field(&m, "remove").eq_ignore_ascii_case(name)));
+        if removes {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// jwt_authn in front of an upstream: verifies sessiongate's tokens with sessiongate's JWKS.
+fn jwt_authn_problems(
+    tree: &Tree,
+    clusters: &BTreeMap<String, DynamicMessage>,
+    problems: &mut Vec<String>,
+) {
+    for (path, ja) in tree.of_type(JWT_AUTHN) {
+        let providers = match field(ja, "providers").map(|v| v.into_owned()) {
+            Some(Value::Map(m)) => m,
+            _ => Default::default(),
+        };
+        if providers.is_empty() {
+            problems.push(format!("{path}: no providers"));
+        }
+        for (name, p) in &providers {
+            let (name, Value::Message(p)) = (map_key(name), p) else {
+                continue;
+            };
+            let at = format!("{path}.providers[{name}]");
+            if str_field(p, "issuer").is_empty() {
+                problems.push(format!("{at}: issuer must be sessiongate's jwt.issuer"));
+            }
+            if list_field(p, "audiences").is_empty() {
+                problems.push(format!(
+                    "{at}: audiences must be set (sessiongate's jwt.audience)"
+                ));
+            }
+            let bearer = list_field(p, "from_headers").iter().any(|h| {
+                matches!(h, Value::Message(h)
+                    if str_field(h, "name").eq_ignore_ascii_case("authorization")
+                        && str_field(h, "value_prefix") == "Bearer ")
+            });
+            if !bearer {
+                problems.push(format!(
+                    "{at}: from_headers must read `authorization` with value_prefix \"Bearer \""
+                ));
+            }
+            let Some(uri) = msg_field(p, "remote_jwks").and_then(|r| msg_field(&r, "http_uri"))
+            else {
+                problems.push(format!(
+                    "{at}: remote_jwks.http_uri must fetch sessiongate's JWKS (keys rotate)"
+                ));
+                continue;
+            };
+            let url = str_field(&uri, "uri");
+            if !url.ends_with("/.well-known/jwks.json") {
+                problems.push(format!(
+                    "{at}: remote_jwks uri {url:?} is not sessiongate's /.well-known/jwks.json"
+                ));
+            }
+            let cluster = str_field(&uri, "cluster");
+            cluster_on_port(
+                clusters,
+                &cluster,
+                &format!("{at}: JWKS"),
+                HTTP_PORT,
+                problems,
+            );
+        }
+        // The catch-all rule must require a token from a declared provider.
+        let mut catch_all = false;
+        for r in list_field(ja, "rules") {
+            let Value::Message(r) = r else { continue };
+            let prefix = msg_field(&r, "match").map(|m| str_field(&m, "prefix"));
+            let required = msg_field(&r, "requires").map(|q| str_field(&q, "provider_name"));
+            if let Some(name) = required.as_deref().filter(|n| !n.is_empty()) {
+                if !providers.contains_key(&MapKey::String(name.to_owned())) {
+                    problems.push(format!("{path}: rule requires unknown provider {name:?}"));
+                }
+            }
+            if prefix.as_deref() == Some("/") {
+                catch_all = required.is_some_and(|n| !n.is_empty());
+            }
+        }
+        if !catch_all {
+            problems.push(format!(
+                "{path}: the catch-all rule (prefix \"/\") must require a sessiongate provider"
+            ));
+        }
+    }
 }
 
 fn validate_json(file: &str, json: serde_json::Value) -> Result<Vec<String>> {
@@ -840,6 +978,94 @@ fn semantic_checks_catch_bad_settings() {
         let all = problems.join("\n");
         assert!(
             all.contains(needle),
+            "{what}: expected a problem mentioning {needle:?}, got: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn jwt_authn_checks_catch_bad_settings() {
+    let base = load(&manifest_dir().join("envoy/upstream-jwt-authn.yaml")).unwrap();
+    let ja = find_typed(&base, ".JwtAuthentication", String::new()).expect("jwt_authn");
+    let provider = format!("{ja}/providers/sessiongate");
+    type Mutation = (
+        &'static str,
+        &'static str,
+        Box<dyn Fn(&mut serde_json::Value)>,
+    );
+    let p = provider.clone();
+    let p2 = provider.clone();
+    let p3 = provider.clone();
+    let rules = format!("{ja}/rules");
+    let mutations: Vec<Mutation> = vec![
+        (
+            "JWKS from another path",
+            "/.well-known/jwks.json",
+            Box::new(move |j| {
+                j.pointer_mut(&p).unwrap()["remote_jwks"]["http_uri"]["uri"] =
+                    "http://sessiongate:9192/keys".into();
+            }),
+        ),
+        (
+            "JWKS from the gRPC port",
+            "must use port",
+            Box::new(|j| {
+                let c = cluster_mut(j, "sessiongate_jwks");
+                c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                    ["port_value"] = 9191.into();
+            }),
+        ),
+        (
+            "no audiences",
+            "audiences",
+            Box::new(move |j| {
+                j.pointer_mut(&p2)
+                    .unwrap()
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("audiences");
+            }),
+        ),
+        (
+            "token read from another header",
+            "from_headers",
+            Box::new(move |j| {
+                j.pointer_mut(&p3).unwrap()["from_headers"][0]["name"] = "x-jwt".into();
+            }),
+        ),
+        (
+            "catch-all without requires",
+            "catch-all rule",
+            Box::new(move |j| {
+                let rules = j.pointer_mut(&rules).unwrap().as_array_mut().unwrap();
+                rules
+                    .last_mut()
+                    .unwrap()
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("requires");
+            }),
+        ),
+        (
+            "client x-user-id kept",
+            "forgeable identity",
+            Box::new(|j| {
+                let filters = j
+                    .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters")
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap();
+                filters.retain(|f| f["name"] != "envoy.filters.http.header_mutation");
+            }),
+        ),
+    ];
+    for (what, needle, mutate) in mutations {
+        let mut j = base.clone();
+        mutate(&mut j);
+        let problems = validate_json("upstream-jwt-authn.yaml", j)
+            .unwrap_or_else(|e| panic!("{what}: mutation should still pass the schema: {e:#}"));
+        assert!(
+            problems.join("\n").contains(needle),
             "{what}: expected a problem mentioning {needle:?}, got: {problems:?}"
         );
     }

@@ -1,4 +1,5 @@
-# Shared by scripts/kratos.sh, scripts/oathkeeper.sh and scripts/grpcurl.sh (sourced, not run):
+# Shared by scripts/kratos.sh, oathkeeper.sh, grpcurl.sh, helm.sh, envoy-validate.sh and
+# validate-helm.sh (sourced, not run):
 # building a pinned Go tool from the Go module proxy into a per-version cache, once.
 # The sourcing script defines `log` (its own message prefix).
 
@@ -33,18 +34,27 @@ gobuild_cached() {
   return 1
 }
 
-# gobuild_source MODULE VERSION WORK
-# Downloads MODULE@VERSION through the Go module proxy and copies it, writable, to WORK/src:
-# `go install mod@ver` refuses modules with replace directives, so they are built in a copy.
-gobuild_source() {
-  local module=$1 version=$2 work=$3 json dir
-  log "downloading $module@$version via the Go module proxy"
+# gomod_field MODULE VERSION FIELD
+# Downloads MODULE@VERSION through the Go module proxy (once; Go caches it) and prints FIELD of
+# `go mod download -json` (Dir = the extracted module, GoMod = its go.mod).
+gomod_field() {
+  local module=$1 version=$2 field=$3 json value
   if ! json="$(go mod download -json "$module@$version")"; then
     log "go mod download failed: $json"
     exit 1
   fi
-  dir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
-  [[ -n "$dir" && -d "$dir" ]] || { log "could not find module dir in: $json"; exit 1; }
+  value="$(printf '%s\n' "$json" | sed -n "s/^[[:space:]]*\"$field\": \"\(.*\)\",\{0,1\}\$/\1/p")"
+  [[ -n "$value" && -e "$value" ]] || { log "no $field in: $json"; exit 1; }
+  echo "$value"
+}
+
+# gobuild_source MODULE VERSION WORK
+# Downloads MODULE@VERSION through the Go module proxy and copies it, writable, to WORK/src:
+# `go install mod@ver` refuses modules with replace directives, so they are built in a copy.
+gobuild_source() {
+  local module=$1 version=$2 work=$3 dir
+  log "downloading $module@$version via the Go module proxy"
+  dir="$(gomod_field "$module" "$version" Dir)"
   cp -r "$dir" "$work/src"
   chmod -R u+w "$work/src"
 }
