@@ -330,3 +330,192 @@ async fn propagation_between_two_processes() {
         samples.last().unwrap()
     );
 }
+
+/// The Redis key of a session cookie's entry, as every replica computes it.
+fn redis_key(value: &str) -> String {
+    use sessiongate::credentials::{Credential, CredentialKind};
+    use sessiongate::session::cache::key::{KeyHasher, hex};
+    let c = Credential::new(
+        CredentialKind::Cookie,
+        Some("ory_kratos_session".into()),
+        value.into(),
+    );
+    format!(
+        "sessiongate:{}",
+        hex(&KeyHasher::new(Some(SECRET)).key_for(&c))
+    )
+}
+
+async fn attacker(redis: &Redis) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Whoever can write to the Redis (a shared instance, another app, an SSRF) but does not hold
+/// `cache.key_secret` can neither change an entry (identity, AAL, expiry, claims), nor plant
+/// one, nor move one to another credential, nor trigger invalidations by publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_and_messages_are_dropped() {
+    use ::redis::AsyncCommands;
+    let redis = Redis::start().await;
+    let kratos = FakeKratos::start().await;
+    kratos.set("victim", Behaviour::active("victim"));
+    let a = Gate::start(replica_config(&kratos, &redis)).await;
+    let b = Gate::start(replica_config(&kratos, &redis)).await;
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    assert!(is_allowed(&a, "victim").await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut evil = attacker(&redis).await;
+    let key = redis_key("victim");
+    let stored: Vec<u8> = evil.get(&key).await.unwrap();
+    assert!(!stored.is_empty(), "A wrote the entry");
+
+    // 1. Change the identity (and claims) of a real entry, keeping its MAC.
+    let text = String::from_utf8(stored.clone()).unwrap();
+    assert!(text.contains("ident-victim"));
+    let forged = text
+        .replace("ident-victim", "ident-admin")
+        .replace("victim@example.com", "admin@example.com");
+    let _: () = evil.set(&key, forged).await.unwrap();
+    let mut cb = b.client().await;
+    let m = allowed(&cb.check(cookie("victim")).await.unwrap().into_inner());
+    let claims = verify(&b, &m.set["authorization"], "app").await;
+    assert_eq!(
+        claims["sub"], "ident-victim",
+        "the forged identity never reached a token"
+    );
+    assert_eq!(kratos.calls(), 2, "B asked Kratos instead");
+    assert!(metric(&b, "redis_operations_total", "result=\"forged\"").await >= 1.0);
+
+    // 2. Plant an unsealed entry (with reserved claims) for a credential Kratos does not know.
+    let exp = chrono::Utc::now().timestamp_millis() as u64 + 3_600_000;
+    let planted = serde_json::json!({
+        "o": "a", "sid": "s-evil", "iid": "ident-admin", "aal": 2, "exp": exp,
+        "claims": "\"sub\":\"root\",\"aal\":\"aal2\"", "until": exp, "fresh": exp
+    })
+    .to_string();
+    let _: () = evil.set(redis_key("ghost"), planted).await.unwrap();
+    assert!(
+        !is_allowed(&b, "ghost").await,
+        "a planted entry is not a session"
+    );
+    // 3. Move a genuine sealed entry to another credential's key.
+    let _: () = evil.set(redis_key("ghost2"), stored).await.unwrap();
+    assert!(
+        !is_allowed(&b, "ghost2").await,
+        "an entry is bound to its key"
+    );
+    assert!(
+        metric(
+            &b,
+            "redis_operations_total",
+            "op=\"get\",result=\"malformed\""
+        )
+        .await
+            >= 1.0
+    );
+
+    // 4. Publish invalidations without the secret: nobody drops anything.
+    let calls = kratos.calls();
+    for payload in [
+        r#"{"kind":"all"}"#.to_string(),
+        r#"{"kind":"session","id":"sess-victim"}"#.to_string(),
+        format!("{}.{{\"kind\":\"all\",\"at\":1}}", "0".repeat(64)),
+    ] {
+        let _: () = evil
+            .publish("sessiongate:invalidations", payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(is_allowed(&a, "victim").await && is_allowed(&b, "victim").await);
+    assert_eq!(
+        kratos.calls(),
+        calls,
+        "both replicas still hold the session"
+    );
+    let dropped = metric(
+        &a,
+        "redis_operations_total",
+        "op=\"message\",result=\"malformed\"",
+    )
+    .await
+        + metric(
+            &a,
+            "redis_operations_total",
+            "op=\"message\",result=\"forged\"",
+        )
+        .await;
+    assert_eq!(dropped, 3.0, "every forged message counted");
+}
+
+/// Invalidating everything is one generation bump and one message, however many keys Redis
+/// holds; when the broadcast cannot happen the admin API says so instead of reporting success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_is_one_generation_and_a_failed_broadcast_is_reported() {
+    use ::redis::AsyncCommands;
+    use sessiongate::admin_pb::InvalidateAllRequest;
+    let mut redis = Redis::start().await;
+    let kratos = FakeKratos::start().await;
+    kratos.set_fallback(Some(Behaviour::active("many")));
+    let a = Gate::start(replica_config(&kratos, &redis)).await;
+    let b = Gate::start(replica_config(&kratos, &redis)).await;
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    for i in 0..300 {
+        assert!(is_allowed(&a, &format!("c{i}")).await);
+    }
+    assert!(is_allowed(&b, "c0").await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut admin = admin_client(a.grpc, TOKEN).await;
+    admin.invalidate_all(InvalidateAllRequest {}).await.unwrap();
+    let mut conn = attacker(&redis).await;
+    let generation: u64 = conn.get("sessiongate:generation").await.unwrap();
+    assert_eq!(generation, 1);
+    // B dropped its copy and does not take the old shared entries either.
+    let calls = kratos.calls();
+    let start = Instant::now();
+    while kratos.calls() == calls && start.elapsed() < Duration::from_secs(2) {
+        assert!(is_allowed(&b, "c0").await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kratos.calls(), calls + 1, "B asked Kratos again");
+    assert!(is_allowed(&b, "c1").await);
+    assert_eq!(
+        kratos.calls(),
+        calls + 2,
+        "an entry from the old generation is dead"
+    );
+
+    redis.stop();
+    let e = admin
+        .invalidate_all(InvalidateAllRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("broadcast"), "{e:?}");
+}
+
+/// With Redis, refresh-ahead asks Kratos (not the shared copy of the entry it is refreshing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_with_redis_reaches_kratos() {
+    let redis = Redis::start().await;
+    let kratos = FakeKratos::start().await;
+    kratos.set("busy", Behaviour::active("busy"));
+    let mut cfg = replica_config(&kratos, &redis);
+    cfg.cache.refresh_after = Duration::from_millis(200);
+    let a = Gate::start(cfg).await;
+    wait_subscribed(&a).await;
+    assert!(is_allowed(&a, "busy").await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(is_allowed(&a, "busy").await, "stale hit served at once");
+    let start = Instant::now();
+    while kratos.calls() < 2 && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kratos.calls(), 2, "the refresh reached Kratos");
+}
