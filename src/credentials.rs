@@ -175,15 +175,22 @@ impl Extractor {
         Ok(Credential::new(kind, cookie_name, value.to_owned()))
     }
 
-    /// The `Cookie` header without session cookies: `None` when nothing else is left, or when
-    /// there was no session cookie at all (`Some(unchanged)` is never returned, to spare a mutation).
+    /// The `Cookie` header without session cookies (and without cookies whose value embeds one
+    /// after a `,`); every other cookie is kept as it came. `Unchanged` when there was nothing
+    /// to remove (to spare a mutation).
     pub fn strip_session_cookies(&self, headers: &Headers) -> CookieRewrite {
         let mut kept: Vec<&str> = Vec::new();
         let mut removed = false;
         for header in headers.get_all("cookie") {
             for pair in split_cookie_pairs(header) {
-                let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-                if self.is_session_cookie(name) {
+                // A cookie whose value embeds a session cookie after a `,`
+                // (`a=x,ory_kratos_session=…`) goes too: an upstream parser that splits at
+                // commas would otherwise find a session cookie we never checked.
+                let carries_session = pair.split(',').any(|piece| {
+                    let name = piece.split_once('=').map_or(piece, |(n, _)| n).trim();
+                    self.is_session_cookie(name)
+                });
+                if carries_session {
                     removed = true;
                 } else {
                     kept.push(pair);
@@ -392,6 +399,12 @@ mod tests {
         assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Remove);
         let h = headers(&[("cookie", "a=1")]);
         assert_eq!(e.strip_session_cookies(&h), CookieRewrite::Unchanged);
+        // A cookie smuggling a session cookie after a comma is dropped whole.
+        let h = headers(&[("cookie", "a=x,ory_kratos_session=EVIL; b=1")]);
+        assert_eq!(
+            e.strip_session_cookies(&h),
+            CookieRewrite::Replace("b=1".into())
+        );
         // Other cookies are kept as they came, commas and all.
         let h = headers(&[("cookie", "a=1,2; ory_kratos_session=s; b=\"x y\"")]);
         assert_eq!(

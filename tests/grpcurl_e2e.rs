@@ -398,7 +398,7 @@ async fn allow_through_grpcurl_sets_exact_header_mutations() {
 }
 
 #[tokio::test]
-async fn pseudo_headers_and_comma_joined_duplicates_are_understood() {
+async fn pseudo_headers_are_understood_and_commas_are_not_cookie_separators() {
     tools().await;
     let kratos = FakeKratos::start().await;
     kratos.set("dup", Behaviour::active("dup"));
@@ -428,10 +428,21 @@ async fn pseudo_headers_and_comma_joined_duplicates_are_understood() {
         "https://auth.example.com/login?return_to=https%3A%2F%2Fshop.example.com%2Fcart%3Fitem%3D7"
     );
 
-    // Envoy joins repeated headers with ",": `cookie: a=1` + `cookie: ory_kratos_session=dup`.
+    // A `,` inside a cookie header is part of a value, never a separator (RFC 6265 allows one
+    // Cookie header per request, and Envoy joins HTTP/2 cookie crumbs with "; "): otherwise a
+    // value planted in another cookie (`a=1, ory_kratos_session=…`) could smuggle a session.
     let r = check(
         &gate,
         &envoy_request(&[("cookie", "a=1, ory_kratos_session=dup")], &[]),
+    )
+    .await;
+    let (_, status, _, _) = denied(&r);
+    assert_eq!(status, "Unauthorized", "{r:#}");
+    assert_eq!(kratos.calls(), 0, "nothing was taken for a session cookie");
+    // Cookie crumbs as Envoy joins them.
+    let r = check(
+        &gate,
+        &envoy_request(&[("cookie", "a=1,2; ory_kratos_session=dup")], &[]),
     )
     .await;
     let (set, remove) = allowed(&r);
@@ -440,7 +451,7 @@ async fn pseudo_headers_and_comma_joined_duplicates_are_understood() {
         ["authorization", "cookie", "x-user-id"],
         "{r:#}"
     );
-    assert_eq!(set["cookie"], "a=1");
+    assert_eq!(set["cookie"], "a=1,2", "other cookies kept as they came");
     assert_eq!(remove, names(&["x-session-token"]), "{r:#}");
     assert_eq!(
         verify(&gate, &set["authorization"], "app").await["sub"],
