@@ -52,6 +52,12 @@ impl Headers {
     }
 }
 
+/// The first element of a comma-separated header list (`X-Forwarded-Proto: https, http` →
+/// `https`): the hop nearest the client, as the first proxy wrote it.
+pub fn first_list_value(value: &str) -> &str {
+    value.split(',').next().unwrap_or("").trim()
+}
+
 /// Names only: values may be credentials (cookies, tokens) and never reach a log line this way.
 impl std::fmt::Debug for Headers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use sessiongate::app::compile_routes;
 use sessiongate::app::{App, shutdown_signal};
-use sessiongate::config::{Algorithm, Config, LogFormat};
+use sessiongate::config::{Algorithm, Config, ConfigError, LogFormat};
 use sessiongate::token::KeySet;
 use sessiongate::token::load_keys;
 
@@ -63,6 +64,20 @@ enum Command {
     Keys(KeysCommand),
     /// Call a running sessiongate's admin API (needs admin.token on the server).
     Admin(AdminArgs),
+    /// Route rule tools.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesCommand {
+    /// Print the rule a request gets (its name on the first line), then its policy.
+    Explain {
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// The request URL, e.g. https://app.example.com/admin/users?page=2
+        url: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +192,9 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::CheckConfig(args)) => check_config(cli.config.as_ref(), args),
+        Some(Command::Routes(RoutesCommand::Explain { method, url })) => {
+            explain(cli.config.as_ref(), method, url)
+        }
         Some(Command::Admin(args)) => admin(cli.config.as_ref(), args),
         Some(Command::Serve(args)) => serve(cli.config.as_ref(), args),
         None => serve(cli.config.as_ref(), &cli.serve),
@@ -277,7 +295,21 @@ fn check_config(path: Option<&PathBuf>, args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let problems = config.problems();
+    let mut problems = config.problems();
+    match compile_routes(&config.routes) {
+        Ok(table) => {
+            for (later, earlier) in table.shadowed() {
+                println!(
+                    "warning: routes.rules {later:?} is never matched: every request it matches is matched by the earlier rule {earlier:?} (fix: move it above, or narrow the earlier one)"
+                );
+            }
+        }
+        Err(ConfigError::Invalid(more)) => problems.extend(more),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     for p in &problems {
         eprintln!("error: {p}");
     }
@@ -303,6 +335,74 @@ fn check_config(path: Option<&PathBuf>, args: &ServeArgs) -> ExitCode {
         "config OK: grpc {} http {} kratos {}",
         config.grpc.listen, config.http.listen, config.whoami.base_url
     );
+    ExitCode::SUCCESS
+}
+
+fn explain(path: Option<&PathBuf>, method: &str, url: &str) -> ExitCode {
+    use sessiongate::authz::routes::{Selected, host_of, normalise};
+    let config = match load(path, &ServeArgs::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = match compile_routes(&config.routes) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("error: {url:?} is not a URL (fix: give e.g. https://app.example.com/admin)");
+        return ExitCode::FAILURE;
+    };
+    let host = host_of(uri.authority().map(|a| a.as_str()).unwrap_or_default());
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = match normalise(target) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("(none)\ndenied 400: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let method = method.to_ascii_uppercase();
+    let selected = table.select(&method, &host, &path);
+    let p = selected.policy();
+    println!("{}", p.name);
+    println!(
+        "matched: {}",
+        match selected {
+            Selected::Rule(_) => "rule",
+            Selected::Default(_) => "no rule (routes.default)",
+        }
+    );
+    println!("request: {method} host={host} path={path}");
+    let access = if p.deny {
+        "deny (403)"
+    } else if p.anonymous {
+        "anonymous (a valid session still gets a token)"
+    } else {
+        "session required"
+    };
+    println!("access: {access}");
+    if let Some(aal) = p.aal {
+        println!("aal: at least {}", aal.as_str());
+    }
+    println!(
+        "audience: {}",
+        p.audience.as_deref().map_or_else(
+            || format!("{:?} (jwt.audience)", config.jwt.audience),
+            str::to_owned
+        )
+    );
+    for (i, r) in p.require.iter().enumerate() {
+        println!("require[{i}]: {r}");
+    }
+    if let Some(max) = p.max_auth_age {
+        println!("max_auth_age: {}", humantime::format_duration(max));
+    }
     ExitCode::SUCCESS
 }
 
@@ -337,7 +437,7 @@ fn serve(path: Option<&PathBuf>, args: &ServeArgs) -> ExitCode {
             }
         };
         let app = match App::bind(config).await {
-            Ok(a) => a,
+            Ok(a) => a.with_config_file(path.cloned()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 eprintln!("error: {e}");

@@ -28,6 +28,8 @@ pub struct DecisionLabels {
     pub decision: &'static str,
     /// Why, from a closed set (see `authz::Reason`).
     pub reason: &'static str,
+    /// The route rule's name (from configuration: bounded), `default` or `none`.
+    pub rule: Arc<str>,
 }
 
 /// One label named `result`.
@@ -93,6 +95,8 @@ pub struct Metrics {
     pub jwt_mints: Counter,
     /// `sessiongate_key_reloads_total{result}` (ok, error, unchanged is not counted).
     pub key_reloads: Family<ResultLabel, Counter>,
+    /// `sessiongate_config_reloads_total{result}`: route rule reloads (ok, error).
+    pub config_reloads: Family<ResultLabel, Counter>,
     /// `sessiongate_redis_operations_total{op, result}`.
     pub redis_operations: Family<RedisLabels, Counter>,
     /// `sessiongate_redis_subscribed` (1 while the invalidation subscription is up).
@@ -129,6 +133,7 @@ impl Metrics {
             whoami_shed: Counter::default(),
             jwt_mints: Counter::default(),
             key_reloads: Family::default(),
+            config_reloads: Family::default(),
             redis_operations: Family::default(),
             redis_subscribed: Gauge::default(),
             registry: Registry::default(),
@@ -209,13 +214,22 @@ impl Metrics {
             "Signing key file reloads by result (ok, error)",
             m.key_reloads.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Route rule reloads from the config file by result (ok, error)",
+            m.config_reloads.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
     /// Counts one decision.
-    pub fn decision(&self, decision: &'static str, reason: &'static str) {
+    pub fn decision(&self, decision: &'static str, reason: &'static str, rule: &Arc<str>) {
         self.decisions
-            .get_or_create(&DecisionLabels { decision, reason })
+            .get_or_create(&DecisionLabels {
+                decision,
+                reason,
+                rule: rule.clone(),
+            })
             .inc();
     }
 

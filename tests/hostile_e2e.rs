@@ -1005,6 +1005,15 @@ async fn forged_identity_headers_never_survive() {
             "/identity/metadata_public/nope".into(),
         );
         c.upstream.remove_headers.push("x-legacy-user".into());
+        c.routes.rules = vec![sessiongate::config::RuleConfig {
+            name: "public".into(),
+            matches: sessiongate::config::MatchConfig {
+                paths: vec!["/public/**".into()],
+                ..Default::default()
+            },
+            anonymous: true,
+            ..Default::default()
+        }];
     })
     .await;
     let mut client = gate.client().await;
@@ -1068,10 +1077,10 @@ async fn forged_identity_headers_never_survive() {
         );
         assert_eq!(h[name], "", "{name} must be blanked for nginx");
     }
-    // HTTP /check, anonymous route (query of a trusted proxy), no session.
+    // HTTP /check, anonymous route (a rule the trusted proxy's path names), no session.
     let r = http_check_at(
         &gate,
-        "/check?anonymous=true",
+        "/check/r/public",
         &[
             ("authorization", "Bearer forged.jwt.value"),
             ("x-user-id", "admin"),

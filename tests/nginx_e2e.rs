@@ -34,6 +34,16 @@ async fn setup() -> (FakeKratos, Gate, Nginx) {
     kratos.set("good", Behaviour::active("ngx"));
     let mut cfg = config(&kratos.url());
     cfg.deny.login_url = Some("https://auth.example.com/login".into());
+    // The policy of /public/ comes from sessiongate's rules, as documented.
+    cfg.routes.rules = vec![sessiongate::config::RuleConfig {
+        name: "public".into(),
+        matches: sessiongate::config::MatchConfig {
+            paths: vec!["/public/**".into()],
+            ..Default::default()
+        },
+        anonymous: true,
+        ..Default::default()
+    }];
     let gate = Gate::start(cfg).await;
     let upstream = echo_upstream().await;
     let nginx = Nginx::start(gate.http, upstream).await;

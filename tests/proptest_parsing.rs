@@ -519,7 +519,8 @@ fn authorizer() -> &'static (tokio::runtime::Runtime, Authorizer) {
                 metrics.clone(),
                 Duration::from_secs(1),
             ));
-            Authorizer::new(&config, cache, minter, metrics)
+            let routes = sessiongate::app::compile_routes(&config.routes).unwrap();
+            Authorizer::new(&config, routes, Default::default(), cache, minter, metrics)
         };
         (rt, authorizer)
     })

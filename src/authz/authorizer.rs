@@ -3,12 +3,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use super::deny::DenyShaper;
-use super::{Allow, Decision, Deny, Reason, Request, RouteSettings};
+use super::routes::{self, Policy, RouteTable};
+use super::{Allow, Decision, Deny, Reason, Request};
 use crate::config::{ClientMaxAge, Config, LogoutConfig, LogoutScope};
 use crate::credentials::{CookieRewrite, Credential, CredentialError, Extractor};
 use crate::session::cache::{Freshness, SessionCache};
-use crate::session::{LookupContext, Outcome, Session, UpstreamError};
+use crate::session::{Aal, LookupContext, Outcome, Session, UpstreamError};
 use crate::telemetry::{Metrics, ResultLabel};
 use crate::token::{Minter, Principal};
 
@@ -27,6 +30,21 @@ pub struct Authorizer {
     strip_session_cookie: bool,
     client_max_age: ClientMaxAge,
     logout: LogoutConfig,
+    /// The compiled rules, swapped whole on reload.
+    routes: ArcSwap<RouteTable>,
+    /// The JSON pointers the session projection keeps for the rules (shared with it).
+    facts: Arc<ArcSwap<Vec<Arc<str>>>>,
+    /// Metric label of decisions taken before a rule was chosen.
+    no_rule: Arc<str>,
+}
+
+/// The policy of one request: the rule, with Envoy's older per-route keys on top.
+struct Effective<'a> {
+    policy: &'a Policy,
+    anonymous: bool,
+    audience: Option<&'a str>,
+    aal: Option<Aal>,
+    client_max_age: bool,
 }
 
 /// What a check learned besides the decision (for logout awareness).
@@ -43,9 +61,12 @@ impl std::fmt::Debug for Authorizer {
 }
 
 impl Authorizer {
-    /// Wires the engine from its parts.
+    /// Wires the engine from its parts: the compiled `routes` and the pointer list the session
+    /// projection reads (`facts`, swapped together with the rules on reload).
     pub fn new(
         config: &Config,
+        routes: RouteTable,
+        facts: Arc<ArcSwap<Vec<Arc<str>>>>,
         cache: Arc<SessionCache>,
         minter: Arc<Minter>,
         metrics: Arc<Metrics>,
@@ -91,13 +112,36 @@ impl Authorizer {
             strip_session_cookie: config.upstream.strip_session_cookie,
             client_max_age: config.cache.client_max_age,
             logout: config.logout.clone(),
+            routes: ArcSwap::from_pointee(routes),
+            facts,
+            no_rule: "none".into(),
         }
+    }
+
+    /// Swaps in a new rule table (config reload). When the rules read other JSON pointers, this
+    /// replica's cached sessions are dropped: they were projected without the new values.
+    pub async fn replace_routes(&self, routes: RouteTable) {
+        let changed = **self.facts.load() != routes.pointers();
+        if changed {
+            self.facts.store(Arc::new(routes.pointers().to_vec()));
+        }
+        self.routes.store(Arc::new(routes));
+        if changed {
+            self.cache.clear_local().await;
+        }
+    }
+
+    /// The rule a request gets (for `routes explain` and tests).
+    pub fn explain(&self, req: &Request) -> Result<Policy, Reason> {
+        let table = self.routes.load();
+        Self::select(&table, req).map(|e| e.policy.clone())
     }
 
     /// The denial for a request the proxy could not describe (counted like any decision).
     pub fn bad_request(&self, message: &str) -> Decision {
         let deny = self.shaper.bad_request(message);
-        self.metrics.decision("deny", deny.reason.as_str());
+        self.metrics
+            .decision("deny", deny.reason.as_str(), &self.no_rule);
         Decision::Deny(deny)
     }
 
@@ -105,7 +149,17 @@ impl Authorizer {
     pub async fn check(&self, req: &Request) -> Decision {
         let start = Instant::now();
         let mut seen = Seen::default();
-        let decision = self.decide(req, &mut seen).await;
+        let table = self.routes.load_full();
+        let (decision, rule) = match Self::select(&table, req) {
+            Ok(effective) => (
+                self.decide(req, &effective, &mut seen).await,
+                effective.policy.name.clone(),
+            ),
+            Err(reason) => (
+                Decision::Deny(self.unusable(req, reason)),
+                self.no_rule.clone(),
+            ),
+        };
         if self.logout.enabled {
             self.watch_logout(req, seen);
         }
@@ -114,7 +168,7 @@ impl Authorizer {
             Decision::Deny(d) => ("deny", d.status),
         };
         let reason = decision.reason().as_str();
-        self.metrics.decision(kind, reason);
+        self.metrics.decision(kind, reason, &rule);
         self.metrics
             .check_duration
             .get_or_create(&ResultLabel { result: kind })
@@ -123,6 +177,7 @@ impl Authorizer {
             decision = kind,
             reason,
             status,
+            rule = %rule,
             request_id = crate::telemetry::request_id(&req.headers).unwrap_or_default(),
             method = %req.method,
             host = %req.host,
@@ -133,17 +188,60 @@ impl Authorizer {
         decision
     }
 
-    async fn decide(&self, req: &Request, seen: &mut Seen) -> Decision {
-        let route = match &req.route {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "route settings from the proxy are invalid; denying");
-                return Decision::Deny(
-                    self.shaper
-                        .internal(Reason::BadRouteSettings, "this route is misconfigured"),
-                );
+    /// The rule for a request: named by operator configuration, else matched on method, host
+    /// and normalised path; then Envoy's older per-route keys on top.
+    fn select<'t>(table: &'t RouteTable, req: &'t Request) -> Result<Effective<'t>, Reason> {
+        let settings = req.route.as_ref().map_err(|e| {
+            tracing::error!(error = %e, "route settings from the proxy are invalid; denying");
+            Reason::BadRouteSettings
+        })?;
+        let policy = match &settings.rule {
+            Some(name) => table.named(name).ok_or_else(|| {
+                tracing::error!(rule = %name, "the proxy names a rule that is not in routes.rules; denying");
+                Reason::UnknownRule
+            })?,
+            None if table.is_empty() => table.select("", "", "/").policy(),
+            None => {
+                let path = routes::normalise(&req.path).map_err(|_| Reason::BadPath)?;
+                table
+                    .select(&req.method, &routes::host_of(&req.host), &path)
+                    .policy()
             }
         };
+        Ok(Effective {
+            policy,
+            anonymous: policy.anonymous || settings.anonymous,
+            audience: settings.audience.as_deref().or(policy.audience.as_deref()),
+            aal: settings.aal.max(policy.aal),
+            client_max_age: policy.client_max_age || settings.client_max_age,
+        })
+    }
+
+    /// The denial of a request no rule can be chosen for.
+    fn unusable(&self, req: &Request, reason: Reason) -> Deny {
+        match reason {
+            Reason::BadPath => {
+                let mut d = self.shaper.bad_request(
+                    "the path cannot be matched safely (encoded slash, backslash or bad encoding)",
+                );
+                d.reason = Reason::BadPath;
+                d
+            }
+            Reason::UnknownRule => self
+                .shaper
+                .internal(Reason::UnknownRule, "this route names an unknown rule"),
+            _ => {
+                let _ = req;
+                self.shaper
+                    .internal(Reason::BadRouteSettings, "this route is misconfigured")
+            }
+        }
+    }
+
+    async fn decide(&self, req: &Request, route: &Effective<'_>, seen: &mut Seen) -> Decision {
+        if route.policy.deny {
+            return Decision::Deny(self.shaper.forbidden(Reason::NoRoute));
+        }
         let credential = match self.extractor.extract(&req.headers) {
             Ok(c) => c,
             Err(e) => {
@@ -189,10 +287,29 @@ impl Authorizer {
                 if let Some(required) = route.aal
                     && session.aal < required
                 {
-                    if route.anonymous {
-                        return self.allow_anonymous(req);
+                    return self.anonymous_or(req, route, || self.shaper.step_up(req, None));
+                }
+                // Evaluated on every request against the cached session: never cached as a
+                // decision, never part of the cache key.
+                if !route
+                    .policy
+                    .require
+                    .iter()
+                    .all(|r| r.holds(session.fact(r.pointer())))
+                {
+                    return self.anonymous_or(req, route, || {
+                        self.shaper.forbidden(Reason::RequirementNotMet)
+                    });
+                }
+                if let Some(max) = route.policy.max_auth_age {
+                    let recent = session.authenticated_at.is_some_and(|at| {
+                        std::time::SystemTime::now()
+                            .duration_since(at)
+                            .is_ok_and(|age| age <= max)
+                    });
+                    if !recent {
+                        return self.anonymous_or(req, route, || self.shaper.reauthenticate(req));
                     }
-                    return Decision::Deny(self.shaper.step_up(req, None));
                 }
                 self.allow_session(req, route, &session)
             }
@@ -264,11 +381,11 @@ impl Authorizer {
     fn anonymous_or(
         &self,
         req: &Request,
-        route: &RouteSettings,
+        route: &Effective<'_>,
         deny: impl FnOnce() -> Deny,
     ) -> Decision {
         if route.anonymous {
-            self.allow_anonymous(req)
+            self.allow_anonymous(req, route)
         } else {
             Decision::Deny(deny())
         }
@@ -276,11 +393,12 @@ impl Authorizer {
 
     /// Header removals common to every allow: spoofable identity headers, configured headers,
     /// the session token header and the session cookie.
-    fn base_allow(&self, req: &Request, reason: Reason) -> Allow {
+    fn base_allow(&self, req: &Request, reason: Reason, route: &Effective<'_>) -> Allow {
         let mut allow = Allow {
             set: Vec::with_capacity(2 + self.identity_headers.len()),
             remove: self.always_remove.clone(),
             reason,
+            metadata: vec![("rule", route.policy.name.clone())],
         };
         if self.strip_session_cookie {
             match self.extractor.strip_session_cookies(&req.headers) {
@@ -292,14 +410,14 @@ impl Authorizer {
         allow
     }
 
-    fn allow_anonymous(&self, req: &Request) -> Decision {
-        let mut allow = self.base_allow(req, Reason::Anonymous);
+    fn allow_anonymous(&self, req: &Request, route: &Effective<'_>) -> Decision {
+        let mut allow = self.base_allow(req, Reason::Anonymous, route);
         allow.remove.push(self.token_header.clone());
         allow.remove.extend(self.identity_headers.iter().cloned());
         Decision::Allow(allow)
     }
 
-    fn allow_session(&self, req: &Request, route: &RouteSettings, session: &Session) -> Decision {
+    fn allow_session(&self, req: &Request, route: &Effective<'_>, session: &Session) -> Decision {
         let principal = Principal {
             subject: &session.identity_id,
             session_id: &session.id,
@@ -308,10 +426,7 @@ impl Authorizer {
             extra_claims: &session.extra_claims,
             generation: session.generation,
         };
-        let token = match self
-            .minter
-            .header_value(&principal, route.audience.as_deref())
-        {
+        let token = match self.minter.header_value(&principal, route.audience) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot mint token; denying");
@@ -321,8 +436,13 @@ impl Authorizer {
                 );
             }
         };
-        let mut allow = self.base_allow(req, Reason::Authenticated);
+        let mut allow = self.base_allow(req, Reason::Authenticated, route);
         allow.set.push((self.token_header.clone(), token));
+        allow.metadata.extend([
+            ("identity_id", Arc::from(session.identity_id.as_str())),
+            ("session_id", Arc::from(session.id.as_str())),
+            ("aal", Arc::from(session.aal.as_str())),
+        ]);
         for name in &self.identity_headers {
             match session.identity_headers.iter().find(|(n, _)| n == name) {
                 Some((_, v)) => allow.set.push((name.clone(), Arc::from(&**v))),

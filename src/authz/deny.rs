@@ -176,6 +176,49 @@ impl DenyShaper {
         }
     }
 
+    /// The session is valid but a rule's requirement on it does not hold. The body names the
+    /// reason only, never the session's values.
+    pub fn forbidden(&self, reason: Reason) -> Deny {
+        let message = match reason {
+            Reason::NoRoute => "no route rule allows this request",
+            _ => "this session does not meet the route's requirements",
+        };
+        Deny {
+            status: 403,
+            headers: json_headers(),
+            body: json_body(403, "Forbidden", reason.as_str(), message, None),
+            reason,
+        }
+    }
+
+    /// The session authenticated longer ago than the route allows: log in again (Kratos'
+    /// `refresh=true`), as a redirect for browsers and a 403 with `redirect_browser_to` for API
+    /// clients.
+    pub fn reauthenticate(&self, req: &Request) -> Deny {
+        let target = self.with_return_to(
+            &format!(
+                "{}/self-service/login/browser?refresh=true",
+                self.kratos_browser_url.trim_end_matches('/')
+            ),
+            req,
+        );
+        if prefers_html(req.headers.get("accept")) {
+            return Self::redirect(target, Reason::ReauthenticationRequired);
+        }
+        Deny {
+            status: 403,
+            headers: json_headers(),
+            body: json_body(
+                403,
+                "Forbidden",
+                "session_refresh_required",
+                "this route requires a more recent login",
+                Some(("redirect_browser_to", &target)),
+            ),
+            reason: Reason::ReauthenticationRequired,
+        }
+    }
+
     /// Kratos rate limited us.
     pub fn rate_limited(&self, retry_after: Option<&str>) -> Deny {
         let mut headers = json_headers();

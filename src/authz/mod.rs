@@ -4,6 +4,7 @@
 
 mod authorizer;
 mod deny;
+pub mod routes;
 
 use std::sync::Arc;
 
@@ -12,9 +13,13 @@ pub use authorizer::Authorizer;
 pub use crate::headers::Headers;
 use crate::session::Aal;
 
-/// Per-route settings (Envoy `context_extensions`, or forwarded-auth query parameters).
+/// Per-route settings from operator configuration outside sessiongate: Envoy's
+/// `context_extensions` (a rule name, and the older per-route keys, applied on top of the rule),
+/// or a forward-auth proxy's `/check/r/<name>` path. Never from anything a client sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSettings {
+    /// The rule to apply instead of matching (`route: <name>`).
+    pub rule: Option<Arc<str>>,
     /// Allow without a session (identity headers are still stripped; a valid session is still
     /// turned into a token).
     pub anonymous: bool,
@@ -48,6 +53,21 @@ impl RouteSettings {
         let mut s = RouteSettings::default();
         for (k, v) in pairs {
             match k {
+                "route" => {
+                    let v = v.trim();
+                    if v.is_empty()
+                        || v.len() > 64
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(RouteSettingError {
+                            key: "route",
+                            message: "must be the name of a rule in routes.rules",
+                        });
+                    }
+                    s.rule = Some(v.into());
+                }
                 "anonymous" => {
                     s.anonymous = match v.trim() {
                         "true" | "1" | "yes" => true,
@@ -175,6 +195,16 @@ pub enum Reason {
     BadRequest,
     /// Token minting failed.
     Internal,
+    /// A route rule's requirement on the session does not hold.
+    RequirementNotMet,
+    /// The session is older than the route's `max_auth_age`.
+    ReauthenticationRequired,
+    /// No rule matched and `routes.default` is `deny`.
+    NoRoute,
+    /// An Envoy route names a rule that does not exist.
+    UnknownRule,
+    /// The path cannot be matched safely (encoded slash, malformed encoding).
+    BadPath,
 }
 
 impl Reason {
@@ -195,6 +225,11 @@ impl Reason {
             Reason::BadRouteSettings => "bad_route_settings",
             Reason::BadRequest => "bad_request",
             Reason::Internal => "internal",
+            Reason::RequirementNotMet => "requirement_not_met",
+            Reason::ReauthenticationRequired => "reauthentication_required",
+            Reason::NoRoute => "no_route",
+            Reason::UnknownRule => "unknown_rule",
+            Reason::BadPath => "bad_path",
         }
     }
 }
@@ -228,6 +263,9 @@ pub struct Allow {
     pub remove: Vec<Arc<str>>,
     /// Why.
     pub reason: Reason,
+    /// What other proxy filters and access logs may know of the decision (Envoy's
+    /// `dynamic_metadata`): the rule, and for a session its identity id, session id and AAL.
+    pub metadata: Vec<(&'static str, Arc<str>)>,
 }
 
 impl std::fmt::Debug for Allow {
@@ -236,6 +274,7 @@ impl std::fmt::Debug for Allow {
             .field("set", &self.set.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("remove", &self.remove)
             .field("reason", &self.reason)
+            .field("metadata", &self.metadata)
             .finish()
     }
 }

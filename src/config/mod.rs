@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 
 mod cidr;
 mod load;
+mod routes;
 mod validate;
 
 pub use cidr::Cidr;
 pub use load::{ConfigError, Problem};
+pub use routes::{DefaultPolicy, MatchConfig, RequirementConfig, RoutesConfig, RuleConfig};
 pub use validate::is_cookie_name;
 
 /// The whole configuration of one sessiongate process.
@@ -54,6 +56,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Optional Redis: shared cache and invalidation broadcast for many replicas.
     pub redis: RedisConfig,
+    /// Route rules: which policy each request gets.
+    pub routes: RoutesConfig,
 }
 
 /// Optional Redis for many replicas.

@@ -90,7 +90,7 @@ pub fn to_request(check: &CheckRequest) -> Option<Request> {
     }
     let scheme = headers
         .get("x-forwarded-proto")
-        .map(|s| s.split(',').next().unwrap_or("").trim().to_owned())
+        .map(|s| crate::headers::first_list_value(s).to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| pick(&http.scheme, ":scheme"));
     let route = RouteSettings::parse(
@@ -121,6 +121,33 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// The allow's metadata as Envoy `dynamic_metadata`: `{sessiongate: {rule, identity_id,
+/// session_id, aal}}`, which Envoy files under the ext_authz filter's namespace (access logs:
+/// `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:sessiongate:identity_id)%`).
+fn dynamic_metadata(
+    metadata: &[(&'static str, std::sync::Arc<str>)],
+) -> Option<envoy_types::pb::google::protobuf::Struct> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let string = |s: &str| envoy_types::pb::google::protobuf::Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let inner = envoy_types::pb::google::protobuf::Struct {
+        fields: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), string(v)))
+            .collect(),
+    };
+    Some(envoy_types::pb::google::protobuf::Struct {
+        fields: [(
+            "sessiongate".to_owned(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(Kind::StructValue(inner)),
+            },
+        )]
+        .into(),
+    })
+}
+
 /// Translates a decision into Envoy's `CheckResponse`.
 pub fn to_response(decision: &Decision) -> CheckResponse {
     match decision {
@@ -129,12 +156,12 @@ pub fn to_response(decision: &Decision) -> CheckResponse {
                 code: OK,
                 ..Default::default()
             }),
+            dynamic_metadata: dynamic_metadata(&allow.metadata),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: allow.set.iter().map(|(k, v)| header(k, v)).collect(),
                 headers_to_remove: allow.remove.iter().map(|h| h.to_string()).collect(),
                 ..Default::default()
             })),
-            ..Default::default()
         },
         Decision::Deny(deny) => CheckResponse {
             status: Some(rpc::Status {

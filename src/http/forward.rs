@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::authz::{Authorizer, Decision, Headers, Request, RouteSettings};
 use crate::config::Cidr;
+use crate::headers::first_list_value;
 
 /// State of the forward-auth handler.
 #[derive(Debug, Clone)]
@@ -90,29 +91,20 @@ pub fn to_request(
         .map(str::to_owned)
         .unwrap_or_else(|| method.as_str().to_owned());
     let scheme = header(headers, "x-forwarded-proto")
-        .map(|p| p.split(',').next().unwrap_or("").trim().to_owned())
+        .map(|p| first_list_value(p).to_owned())
         .unwrap_or_else(|| "http".into());
     let host = header(headers, "x-forwarded-host")
-        .map(|h| h.split(',').next().unwrap_or("").trim().to_owned())
+        .map(|h| first_list_value(h).to_owned())
         .unwrap_or(host_header);
-    // Route settings come from the query of the /check URL, which only the proxy's
-    // configuration controls — never from request headers a client could forward.
+    // A rule may be named only by the proxy's own configuration: the path `/check/r/<name>`.
+    // Never by the /check query string, which proxies such as Caddy copy from the client's own
+    // request, and never by a header a client could forward.
     let (path, route) = match forwarded_uri {
         Some(u) => {
-            let query = uri.query().unwrap_or("");
-            let pairs: Vec<(String, String)> = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| {
-                    let dec = |s: &str| {
-                        percent_encoding::percent_decode_str(s)
-                            .decode_utf8_lossy()
-                            .into_owned()
-                    };
-                    (dec(k), dec(v))
-                })
-                .collect();
-            let route = RouteSettings::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let route = match own_path.strip_prefix("/r/") {
+                Some(name) => RouteSettings::parse([("route", name)]),
+                None => Ok(RouteSettings::default()),
+            };
             (u.to_owned(), route)
         }
         None => (own_path_and_query, Ok(RouteSettings::default())),
@@ -266,9 +258,17 @@ mod tests {
             ),
             ("DELETE", "https", "app.example.com", "/orders/7?x=1")
         );
-        let route = r.route.unwrap();
-        assert_eq!(route.aal, Some(crate::session::Aal::Aal2));
-        assert_eq!(route.audience.as_deref(), Some("adm in"));
+        // The /check query (which Caddy copies from the client) sets nothing.
+        assert_eq!(r.route.unwrap(), RouteSettings::default());
+        // The proxy's own configuration may name a rule in the path.
+        let r = map("127.0.0.1", "GET", "/check/r/admin?route=public", &fwd);
+        assert_eq!(r.route.unwrap().rule.as_deref(), Some("admin"));
+        assert_eq!(r.path, "/orders/7?x=1");
+        assert!(
+            map("127.0.0.1", "GET", "/check/r/bad%20name", &fwd)
+                .route
+                .is_err()
+        );
         // nginx's X-Original-* names.
         let r = map(
             "127.0.0.1",
@@ -325,6 +325,7 @@ mod tests {
             set: vec![("authorization".into(), "Bearer x".into())],
             remove: vec!["x-user-id".into(), "x-session-token".into()],
             reason: Reason::Authenticated,
+            metadata: vec![],
         });
         let r = to_response(&allow, false);
         assert_eq!(r.status(), 200);

@@ -80,6 +80,10 @@ pub struct Session {
     pub identity_headers: Vec<(Arc<str>, Box<str>)>,
     /// Unique per answer of the source ([`next_generation`]): minted tokens are cached under it.
     pub generation: u64,
+    /// When the user last authenticated (Kratos' `authenticated_at`), for `max_auth_age`.
+    pub authenticated_at: Option<SystemTime>,
+    /// Values at the JSON pointers route requirements read (absent pointers are left out).
+    pub facts: Box<[(Arc<str>, Value)]>,
 }
 
 /// A number no other [`Session`] of this process has.
@@ -89,6 +93,14 @@ pub fn next_generation() -> u64 {
 }
 
 impl Session {
+    /// The value at a requirement's pointer, as projected when the session was looked up.
+    pub fn fact(&self, pointer: &str) -> Option<&Value> {
+        self.facts
+            .iter()
+            .find(|(p, _)| **p == *pointer)
+            .map(|(_, v)| v)
+    }
+
     /// Seconds (rounded down) until Kratos ends the session; zero when it already has.
     pub fn remaining(&self, now: SystemTime) -> Duration {
         self.expires_at
@@ -106,6 +118,11 @@ impl Session {
                 .identity_headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 32)
+                .sum::<usize>()
+            + self
+                .facts
+                .iter()
+                .map(|(p, v)| p.len() + v.to_string().len() + 48)
                 .sum::<usize>()
     }
 }
@@ -184,7 +201,12 @@ pub struct Projection {
     pub include_session: bool,
     /// header name → JSON pointer.
     pub identity_headers: Vec<(Arc<str>, String)>,
+    /// JSON pointers route requirements read; swapped when the rules are reloaded.
+    pub facts: Arc<arc_swap::ArcSwap<Vec<Arc<str>>>>,
 }
+
+/// Largest projected fact (serialised): a bigger value is left out, so requirements on it fail.
+pub const MAX_FACT_BYTES: usize = 4096;
 
 /// Why a 200 whoami body could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +274,23 @@ impl Projection {
                     .then(|| (name.clone(), s.into_boxed_str()))
             })
             .collect();
+        let authenticated_at = raw
+            .get("authenticated_at")
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| SystemTime::from(t.with_timezone(&chrono::Utc)));
+        let facts = self
+            .facts
+            .load()
+            .iter()
+            .filter_map(|p| {
+                let v = raw.pointer(p).filter(|v| !v.is_null())?;
+                (v.to_string().len() <= MAX_FACT_BYTES).then(|| (p.clone(), v.clone()))
+            })
+            .collect();
         Ok(Session {
+            authenticated_at,
+            facts,
             id: id.to_owned(),
             identity_id: identity_id.to_owned(),
             aal,
@@ -300,6 +338,12 @@ mod tests {
                 ("x-n".into(), "/identity/traits/n".into()),
                 ("x-bad".into(), "/identity/traits/bad".into()),
             ],
+            facts: Arc::new(arc_swap::ArcSwap::from_pointee(vec![
+                "/identity/traits/n".into(),
+                "/identity/traits/email".into(),
+                "/identity/nope".into(),
+                "/identity/traits".into(),
+            ])),
         }
     }
 
@@ -322,6 +366,15 @@ mod tests {
             .map(|(k, v)| (&**k, &**v))
             .collect();
         assert_eq!(h, vec![("x-user-id", "i-1"), ("x-n", "3")]);
+        // Facts for route requirements: present values only, kept as JSON.
+        assert_eq!(s.fact("/identity/traits/n"), Some(&serde_json::json!(3)));
+        assert_eq!(
+            s.fact("/identity/traits/email"),
+            Some(&serde_json::json!("a@b.c"))
+        );
+        assert_eq!(s.fact("/identity/nope"), None);
+        assert!(s.fact("/identity/traits").is_some());
+        assert_eq!(s.fact("/not/projected"), None);
     }
 
     #[test]

@@ -505,6 +505,8 @@ mod tests {
             extra_claims: "".into(),
             identity_headers: vec![],
             generation: crate::session::next_generation(),
+            authenticated_at: None,
+            facts: Box::new([]),
         };
         Stored::new(
             &Outcome::Active(Arc::new(s)),

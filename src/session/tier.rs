@@ -222,10 +222,20 @@ pub struct Stored {
     claims: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     hdrs: Vec<(String, String)>,
+    /// `authenticated_at`, unix ms (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    auth: u64,
+    /// Values at the pointers route requirements read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    facts: Vec<(String, serde_json::Value)>,
     /// Usable until, unix ms.
     until: u64,
     /// Fresh until, unix ms.
     fresh: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -255,6 +265,12 @@ impl Stored {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                auth: s.authenticated_at.map_or(0, unix_ms),
+                facts: s
+                    .facts
+                    .iter()
+                    .map(|(p, v)| (p.to_string(), v.clone()))
+                    .collect(),
                 until,
                 fresh,
             }),
@@ -266,6 +282,8 @@ impl Stored {
                 exp: 0,
                 claims: String::new(),
                 hdrs: vec![],
+                auth: 0,
+                facts: vec![],
                 until,
                 fresh,
             }),
@@ -318,6 +336,16 @@ impl Stored {
                         .map(|(k, v)| (Arc::from(k.as_str()), v.clone().into_boxed_str()))
                         .collect(),
                     generation: crate::session::next_generation(),
+                    authenticated_at: (self.auth != 0)
+                        .then(|| UNIX_EPOCH + Duration::from_millis(self.auth)),
+                    facts: self
+                        .facts
+                        .iter()
+                        .filter(|(p, v)| {
+                            p.starts_with('/') && v.to_string().len() <= super::MAX_FACT_BYTES
+                        })
+                        .map(|(p, v)| (Arc::from(p.as_str()), v.clone()))
+                        .collect(),
                 }))
             }
             _ => return None,
@@ -421,6 +449,8 @@ mod tests {
                 extra_claims: format!("\"{claim}\":\"evil\"").into(),
                 identity_headers: vec![],
                 generation: 1,
+                authenticated_at: None,
+                facts: Box::new([]),
             };
             let st = Stored::new(
                 &Outcome::Active(Arc::new(s)),
@@ -442,6 +472,8 @@ mod tests {
             extra_claims: r#""email":"a@b""#.into(),
             identity_headers: vec![("x-user-id".into(), "i".into())],
             generation: crate::session::next_generation(),
+            authenticated_at: None,
+            facts: Box::new([]),
         };
         let st = Stored::new(
             &Outcome::Active(Arc::new(s)),

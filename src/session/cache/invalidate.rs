@@ -168,6 +168,12 @@ impl SessionCache {
         self.broadcast(Invalidation::All, n).await
     }
 
+    /// Drops every entry of this replica only (no broadcast): the rules now read values the
+    /// cached sessions were projected without.
+    pub async fn clear_local(&self) -> u64 {
+        self.invalidate_all_local().await
+    }
+
     async fn invalidate_all_local(&self) -> u64 {
         *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
         self.inner.entries.run_pending_tasks().await;

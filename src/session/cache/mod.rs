@@ -552,6 +552,8 @@ mod tests {
             extra_claims: "".into(),
             identity_headers: vec![],
             generation: crate::session::next_generation(),
+            authenticated_at: None,
+            facts: Box::new([]),
         })
     }
 

@@ -2,6 +2,8 @@
 //! readiness, and shuts down gracefully (readiness false → optional delay → stop accepting →
 //! in-flight checks finish, bounded by `shutdown.drain_timeout`).
 
+mod reload;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, AdminToken};
 use crate::authz::Authorizer;
+use crate::authz::routes::RouteTable;
 use crate::config::Config;
 use crate::grpc::ExtAuthz;
 use crate::http::{HttpState, Readiness};
@@ -48,6 +51,8 @@ pub struct App {
     background: CancellationToken,
     /// The admin token and operations, when an admin token is configured.
     admin: Option<(AdminToken, Admin)>,
+    /// The config file the rules are reloaded from.
+    config_file: Option<std::path::PathBuf>,
     handles: Handles,
 }
 
@@ -58,6 +63,24 @@ impl std::fmt::Debug for App {
             .field("http", &self.http_listener.local_addr().ok())
             .finish_non_exhaustive()
     }
+}
+
+/// Compiles `routes:`; every problem names its field and the fix, like `Config::validate`.
+pub fn compile_routes(
+    routes: &crate::config::RoutesConfig,
+) -> Result<RouteTable, crate::config::ConfigError> {
+    RouteTable::compile(routes).map_err(|errors| {
+        crate::config::ConfigError::Invalid(
+            errors
+                .into_iter()
+                .map(|e| crate::config::Problem {
+                    field: e.field,
+                    message: e.message,
+                    fix: e.fix,
+                })
+                .collect(),
+        )
+    })
 }
 
 impl App {
@@ -72,6 +95,8 @@ impl App {
             config.cache.max_bytes / 4,
             metrics.clone(),
         ));
+        let routes = compile_routes(&config.routes)?;
+        let facts = Arc::new(arc_swap::ArcSwap::from_pointee(routes.pointers().to_vec()));
         let projection = Projection {
             claims: config
                 .jwt
@@ -86,6 +111,7 @@ impl App {
                 .iter()
                 .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
                 .collect(),
+            facts: facts.clone(),
         };
         let whoami = WhoamiClient::new(
             &config.whoami,
@@ -128,6 +154,8 @@ impl App {
         }
         let authorizer = Arc::new(Authorizer::new(
             &config,
+            routes,
+            facts,
             cache.clone(),
             minter.clone(),
             metrics.clone(),
@@ -157,6 +185,7 @@ impl App {
             forward_listener,
             background,
             admin,
+            config_file: None,
             handles: Handles {
                 authorizer,
                 cache,
@@ -165,6 +194,12 @@ impl App {
                 readiness: Readiness::default(),
             },
         })
+    }
+
+    /// Reloads the route rules from this file when it changes and on SIGHUP.
+    pub fn with_config_file(mut self, path: Option<std::path::PathBuf>) -> App {
+        self.config_file = path;
+        self
     }
 
     /// The bound gRPC address.
@@ -201,6 +236,7 @@ impl App {
             forward_listener,
             background,
             admin,
+            config_file,
             handles,
         } = self;
         let _stop_background = background.drop_guard();
@@ -318,6 +354,16 @@ impl App {
             handles.metrics.clone(),
             async move { reload_stop.cancelled().await },
         ));
+        if let Some(path) = config_file {
+            let stop = stop_accepting.clone();
+            tokio::spawn(reload::watch_routes(
+                path,
+                config.clone(),
+                handles.authorizer.clone(),
+                handles.metrics.clone(),
+                async move { stop.cancelled().await },
+            ));
+        }
         let grpc_task = tokio::spawn(grpc);
         let http_task = tokio::spawn(async move { http.await });
 
