@@ -270,7 +270,7 @@ fn allowed(r: &Value) -> (BTreeMap<String, String>, BTreeSet<String>) {
         !remove.iter().any(|h| set.contains_key(h)),
         "a header both set and removed: {r:#}"
     );
-    // Nothing else is touched: no response headers, no query rewriting, no metadata.
+    // Nothing else is touched: no response headers, no query rewriting.
     for field in [
         "responseHeadersToAdd",
         "queryParametersToSet",
@@ -279,7 +279,18 @@ fn allowed(r: &Value) -> (BTreeMap<String, String>, BTreeSet<String>) {
         assert_eq!(ok[field], json!([]), "okResponse.{field}: {r:#}");
     }
     assert_eq!(ok["dynamicMetadata"], Value::Null, "{r:#}");
-    assert_eq!(r["dynamicMetadata"], Value::Null, "{r:#}");
+    // Envoy's dynamic metadata, as grpcurl decodes it from the wire: the rule always, and for
+    // a session exactly its identity, session and AAL (nothing else, never a credential).
+    let md = r["dynamicMetadata"]["sessiongate"]
+        .as_object()
+        .unwrap_or_else(|| panic!("dynamicMetadata.sessiongate: {r:#}"));
+    let keys: BTreeSet<&str> = md.keys().map(String::as_str).collect();
+    assert!(
+        keys == BTreeSet::from(["rule"])
+            || keys == BTreeSet::from(["aal", "identity_id", "rule", "session_id"]),
+        "{r:#}"
+    );
+    assert!(md.values().all(Value::is_string), "{r:#}");
     (set, remove)
 }
 
