@@ -179,3 +179,66 @@ async fn sighup_reloads_the_real_binary() {
     );
     let _ = child.kill().await;
 }
+
+async fn discovery(gate: &Gate) -> (Value, String) {
+    let r = reqwest::get(format!(
+        "http://{}/.well-known/openid-configuration",
+        gate.http
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let cache_control = r.headers()["cache-control"].to_str().unwrap().to_owned();
+    (
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+        cache_control,
+    )
+}
+
+/// OpenID discovery names `jwt.issuer`, the JWKS under it, and the algorithms of the published
+/// keys; it follows a key reload like the JWKS does.
+#[tokio::test]
+async fn openid_configuration_follows_the_issuer_and_the_keys() {
+    let kratos = FakeKratos::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let es = private_jwk(Algorithm::ES256, "es");
+    let ed = private_jwk(Algorithm::EdDSA, "ed");
+    std::fs::write(&path, json!({"keys": [es]}).to_string()).unwrap();
+    let mut cfg = config(&kratos.url());
+    cfg.jwt.issuer = "https://auth.example.com/".into();
+    cfg.jwt.jwks_file = Some(path.clone());
+    cfg.jwt.reload_interval = Duration::from_millis(50);
+    let gate = Gate::start(cfg).await;
+
+    let (doc, cache_control) = discovery(&gate).await;
+    assert_eq!(
+        doc,
+        json!({
+            "issuer": "https://auth.example.com/",
+            "jwks_uri": "https://auth.example.com/.well-known/jwks.json",
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        })
+    );
+    let r = reqwest::get(format!("http://{}/.well-known/jwks.json", gate.http))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache_control,
+        r.headers()["cache-control"].to_str().unwrap(),
+        "cached like the JWKS"
+    );
+
+    // Sign with EdDSA, keep the ES256 key published: both algorithms, the signing one first.
+    std::fs::write(&path, json!({"keys": [ed, public_part(&es)]}).to_string()).unwrap();
+    assert!(
+        wait_for(|| async {
+            discovery(&gate).await.0["id_token_signing_alg_values_supported"]
+                == json!(["EdDSA", "ES256"])
+        })
+        .await,
+        "discovery follows the reload"
+    );
+}

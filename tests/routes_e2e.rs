@@ -83,8 +83,8 @@ const COOKIE: (&str, &str) = ("cookie", "ory_kratos_session=good");
 #[tokio::test]
 async fn istio_checks_get_per_path_policy_from_the_rules() {
     let (kratos, gate) = setup(|_| {}).await;
-    let mut c = gate.client().await;
-    let mut at = |m: &str, host: &str, path: &str, h: &[(&str, &str)]| {
+    let c = gate.client().await;
+    let at = |m: &str, host: &str, path: &str, h: &[(&str, &str)]| {
         let req = istio(m, host, path, h);
         let mut c = c.clone();
         async move { c.check(req).await.unwrap().into_inner() }
@@ -134,7 +134,6 @@ async fn istio_checks_get_per_path_policy_from_the_rules() {
         .await,
         1.0
     );
-    drop(c.clone());
 }
 
 #[tokio::test]

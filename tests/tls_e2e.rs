@@ -7,48 +7,15 @@ mod support;
 use std::path::Path;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use sessiongate::admin_pb::CacheStatsRequest;
 use sessiongate::admin_pb::admin_client::AdminClient;
 use sessiongate::config::GrpcTlsConfig;
+use support::pki::{Pki, write};
 use support::upstream::{Behaviour, FakeKratos};
 use support::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const TOKEN: &str = "tls-admin-token-0123456789";
-
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca.pem(),
-        server: leaf(vec!["localhost".into()]),
-        client: leaf(vec!["envoy.mesh.local".into()]),
-    }
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p
-}
 
 async fn channel(
     gate: &Gate,
@@ -106,7 +73,7 @@ async fn admin_ok(ch: Channel, token: bool) -> Result<(), tonic::Code> {
 
 #[tokio::test]
 async fn tls_listener_serves_checks() {
-    let pki = pki();
+    let pki = Pki::new(&["localhost"]);
     let dir = tempfile::tempdir().unwrap();
     let (_k, gate) = start(&pki, dir.path(), false, false).await;
     assert!(check_ok(channel(&gate, &pki, false).await.unwrap()).await);
@@ -121,7 +88,7 @@ async fn tls_listener_serves_checks() {
 
 #[tokio::test]
 async fn mtls_requires_a_client_certificate() {
-    let pki = pki();
+    let pki = Pki::new(&["localhost"]);
     let dir = tempfile::tempdir().unwrap();
     let (_k, gate) = start(&pki, dir.path(), true, false).await;
     assert!(check_ok(channel(&gate, &pki, true).await.unwrap()).await);
@@ -143,7 +110,7 @@ async fn mtls_requires_a_client_certificate() {
 
 #[tokio::test]
 async fn optional_client_auth_still_protects_the_admin_api() {
-    let pki = pki();
+    let pki = Pki::new(&["localhost"]);
     let dir = tempfile::tempdir().unwrap();
     let (_k, gate) = start(&pki, dir.path(), true, true).await;
     assert!(

@@ -121,16 +121,16 @@ impl App {
         )?;
         // A lookup lasts at most the wait for a whoami slot plus the whoami deadline.
         let max_fetch = config.whoami.timeout + config.whoami.queue_timeout;
-        let shared = match &config.redis.url {
-            Some(url) => Some(crate::session::redis::RedisTier::new(
+        let shared = if config.redis.enabled() {
+            Some(crate::session::redis::RedisTier::new(
                 &config.redis,
                 // validate() requires the shared secret whenever Redis is on.
                 config.cache.key_secret.as_deref().unwrap_or_default(),
-                url,
                 metrics.clone(),
                 max_fetch,
-            )?),
-            None => None,
+            )?)
+        } else {
+            None
         };
         let cache = Arc::new(SessionCache::with_shared(
             &config.cache,

@@ -60,12 +60,32 @@ pub struct Config {
     pub routes: RoutesConfig,
 }
 
-/// Optional Redis for many replicas.
+/// Optional Redis for many replicas: one server (`url`) or a Sentinel-managed master
+/// (`sentinels` + `master_name`), in plain text or TLS.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`. Unset: off (the in-process cache alone).
+    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS (see `tls`). Unset (and
+    /// no `sentinels`): off, the in-process cache alone.
     pub url: Option<String>,
+    /// Sentinel addresses (`host:port`), instead of `url`: the master named `master_name` is
+    /// asked from them on every (re)connect, so both connections follow a failover.
+    pub sentinels: Vec<String>,
+    /// With `sentinels`: the name of the monitored master (`sentinel monitor <name> …`).
+    pub master_name: Option<String>,
+    /// With `sentinels`: ACL user for the master and replicas (with `url`, put it in the URL).
+    pub username: Option<String>,
+    /// With `sentinels`: password for the master and replicas (with `url`, put it in the URL).
+    pub password: Option<String>,
+    /// With `sentinels`: database number on the master.
+    pub db: i64,
+    /// With `sentinels`: ACL user for the sentinels themselves (`sentinel sentinel-user`).
+    pub sentinel_username: Option<String>,
+    /// With `sentinels`: password for the sentinels themselves (`requirepass` on the sentinels).
+    pub sentinel_password: Option<String>,
+    /// TLS (rustls): with `url`, needs `rediss://`; with `sentinels`, set (even `tls: {}`) to
+    /// use TLS to the sentinels and to the master. Unset with `rediss://`: the system roots.
+    pub tls: Option<RedisTlsConfig>,
     /// Prefix of every key sessiongate writes.
     pub key_prefix: String,
     /// Pub/sub channel for invalidations.
@@ -79,10 +99,37 @@ pub struct RedisConfig {
     pub degraded_ttl: Duration,
 }
 
+/// TLS to Redis (and to the sentinels).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// PEM CA bundle that signed the Redis server certificates, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for servers with `tls-auth-clients yes` (mTLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// Is Redis on (`url` or `sentinels`)?
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.sentinels.is_empty()
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: None,
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
+            db: 0,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls: None,
             key_prefix: "sessiongate:".into(),
             channel: "sessiongate:invalidations".into(),
             timeout: Duration::from_millis(50),
@@ -110,6 +157,14 @@ impl fmt::Debug for RedisConfig {
         // The URL may carry a password.
         f.debug_struct("RedisConfig")
             .field("url", &redacted(&self.url))
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("db", &self.db)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &redacted(&self.sentinel_password))
+            .field("tls", &self.tls)
             .field("key_prefix", &self.key_prefix)
             .field("channel", &self.channel)
             .field("timeout", &self.timeout)
@@ -678,8 +733,16 @@ mod tests {
         c.cache.key_secret = Some("cache-secret-0123456789abcdef0123456789".into());
         c.admin.token = Some("admin-token-0123456789abcdef".into());
         c.redis.url = Some("redis://:redis-password@127.0.0.1:6379/0".into());
+        c.redis.password = Some("master-password".into());
+        c.redis.sentinel_password = Some("sentinel-password".into());
         let shown = format!("{c:?} {c:#?}");
-        for secret in ["cache-secret", "admin-token", "redis-password"] {
+        for secret in [
+            "cache-secret",
+            "admin-token",
+            "redis-password",
+            "master-password",
+            "sentinel-password",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("<redacted>"));
@@ -770,6 +833,71 @@ mod tests {
         );
         assert!(fields.contains(&"jwt.claims.sub"), "{fields:?}");
         assert!(problems.iter().all(|p| !p.fix.is_empty()));
+    }
+
+    /// Problem fields of a Redis config (with the shared secret set).
+    fn redis_problems(yaml: &str) -> Vec<String> {
+        let mut c = Config::from_yaml(yaml).unwrap();
+        c.cache.key_secret = Some("k".repeat(40));
+        c.problems().into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn redis_tls_and_sentinel_are_validated() {
+        let none: Vec<String> = vec![];
+        assert_eq!(redis_problems("redis: {url: rediss://r:6380/0}"), none);
+        assert_eq!(
+            redis_problems("redis: {url: 'rediss://r:6380/0', tls: {}}"),
+            none
+        );
+        assert_eq!(
+            redis_problems(
+                "redis: {sentinels: ['10.0.0.1:26379', 's-1.redis:26379', '[::1]:26379'], master_name: m, password: p, db: 2, tls: {}}"
+            ),
+            none
+        );
+        assert_eq!(
+            redis_problems("redis: {url: 'redis://r/0', tls: {}}"),
+            ["redis.tls"]
+        );
+        assert_eq!(
+            redis_problems("redis: {url: 'rediss://r/0#insecure'}"),
+            ["redis.url"]
+        );
+        assert_eq!(redis_problems("redis: {url: 'http://r/0'}"), ["redis.url"]);
+        assert_eq!(
+            redis_problems("redis: {url: 'redis://r/0', sentinels: ['s:26379'], master_name: m}"),
+            ["redis.sentinels"]
+        );
+        assert_eq!(
+            redis_problems("redis: {sentinels: ['s', 's:0', 'a/b:1', 's:26379']}"),
+            [
+                "redis.sentinels[0]",
+                "redis.sentinels[1]",
+                "redis.sentinels[2]",
+                "redis.master_name"
+            ]
+        );
+        assert_eq!(
+            redis_problems("redis: {url: 'redis://r/0', password: p, master_name: m}"),
+            ["redis.master_name", "redis.password"]
+        );
+        assert_eq!(redis_problems("redis: {tls: {}}"), ["redis.tls"]);
+        assert_eq!(
+            redis_problems(
+                "redis: {url: 'rediss://r/0', tls: {ca_file: /nonexistent/ca.pem, cert_file: /nonexistent/c.pem}}"
+            ),
+            [
+                "redis.tls.ca_file",
+                "redis.tls.cert_file",
+                "redis.tls.key_file"
+            ]
+        );
+        let mut c = Config::default();
+        c.redis.sentinels = vec!["s:26379".into()];
+        c.redis.master_name = Some("m".into());
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["cache.key_secret"], "Sentinel turns Redis on");
     }
 
     #[test]

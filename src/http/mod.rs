@@ -3,6 +3,8 @@
 //! Endpoints:
 //! - `GET /.well-known/jwks.json` — public signing keys for upstream services (the only endpoint
 //!   meant to be reachable beyond the pod/mesh; never contains private members)
+//! - `GET /.well-known/openid-configuration` — OpenID discovery: `issuer` (`jwt.issuer`),
+//!   `jwks_uri` and the signing algorithms, so verifiers can find the keys from the issuer
 //! - `GET /health/alive` — the process runs
 //! - `GET /health/ready` — ready to answer checks (false before start-up completes and while draining)
 //! - `GET /metrics` — Prometheus text exposition (keep it private to the scrape network)
@@ -80,6 +82,10 @@ pub fn router(state: HttpState) -> Router {
     let forward = state.forward.clone().map(forward_router);
     let router = Router::new()
         .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .route("/health/alive", get(alive))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -96,13 +102,18 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn jwks(State(s): State<HttpState>) -> Response {
-    let body = s.minter.public_jwks();
+    public_document(&s, "application/jwk-set+json", s.minter.public_jwks())
+}
+
+async fn openid_configuration(State(s): State<HttpState>) -> Response {
+    public_document(&s, "application/json", s.minter.openid_configuration())
+}
+
+/// A public key document, cacheable like the JWKS.
+fn public_document(s: &HttpState, content_type: &'static str, body: Arc<str>) -> Response {
     (
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/jwk-set+json"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_str(&format!("public, max-age={}", s.jwks_max_age.as_secs()))

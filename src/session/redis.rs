@@ -15,6 +15,12 @@
 //!   reconnects and resubscribes on its own; while it is not subscribed, this replica is
 //!   *degraded*: L1 entries are trusted for at most `redis.degraded_ttl`, so revocations
 //!   published meanwhile still take effect within that bound.
+//! - Where the connections go ([`target`]): one server (plain text or TLS), or the master named
+//!   by Sentinels. With Sentinel, a supervisor checks the command connection's `ROLE` (every
+//!   second and after any failed call); when the master is gone or demoted it asks the sentinels
+//!   again, and the subscriber resubscribes on whatever master the supervisor connected to.
+
+mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +29,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::RwLock;
+use tokio::sync::{Notify, RwLock, watch};
 
 use super::cache::key::{CacheKey, hex};
 use super::tier::{
@@ -34,8 +40,13 @@ use crate::telemetry::{Metrics, RedisLabels};
 
 /// The shared cache and broadcast.
 pub struct RedisTier {
-    client: redis::Client,
+    target: target::Target,
     conn: RwLock<Option<ConnectionManager>>,
+    /// Sentinel: the master the command connection is on (`None` while looking for one); the
+    /// subscriber follows it.
+    master: watch::Sender<Option<redis::Client>>,
+    /// Sentinel: a call failed, check that the master is still the master.
+    suspect: Notify,
     prefix: String,
     channel: String,
     timeout: Duration,
@@ -50,6 +61,23 @@ pub struct RedisTier {
     /// are dead, and writes under an older one are refused by the script.
     generation: AtomicU64,
 }
+
+/// Sleeps `delay`, then doubles it up to `max`; false if stopped meanwhile.
+async fn back_off(
+    stop: &tokio_util::sync::CancellationToken,
+    delay: &mut Duration,
+    max: Duration,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return false,
+        _ = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(max);
+    true
+}
+
+/// Sentinel: how often the command connection checks that it is still on the master.
+const MASTER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes one entry and its index sets, unless a tombstone covers it (0) or the invalidate-all
 /// generation moved on (-current generation).
@@ -86,20 +114,14 @@ impl RedisTier {
     pub fn new(
         config: &RedisConfig,
         key_secret: &str,
-        url: &str,
         metrics: Arc<Metrics>,
         max_fetch: Duration,
     ) -> anyhow::Result<Arc<RedisTier>> {
-        use redis::IntoConnectionInfo;
-        // TCP_NODELAY: small request/response and pub/sub frames must not wait for delayed ACKs.
-        let info = url
-            .into_connection_info()
-            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         Ok(Arc::new(RedisTier {
-            client,
+            target: target::Target::new(config)?,
             conn: RwLock::new(None),
+            master: watch::Sender::new(None),
+            suspect: Notify::new(),
             prefix: config.key_prefix.clone(),
             channel: config.channel.clone(),
             timeout: config.timeout,
@@ -122,6 +144,10 @@ impl RedisTier {
             .redis_operations
             .get_or_create(&RedisLabels { op, result })
             .inc();
+        if matches!(result, "error" | "timeout") {
+            // Sentinel: perhaps the master moved.
+            self.suspect.notify_one();
+        }
     }
 
     async fn connection(&self) -> Option<ConnectionManager> {
@@ -131,19 +157,92 @@ impl RedisTier {
         None
     }
 
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    /// Sentinel: keeps the command connection on the current master. Asks the sentinels for it,
+    /// connects, then checks `ROLE` every second and after any failed call; when the master is
+    /// gone or no longer the master, drops the connection and asks again.
+    async fn follow_master(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        let mut last_addr = None;
+        loop {
+            let connected = match self.target.master().await {
+                Ok(client) => match client
+                    .get_connection_manager_with_config(self.manager_config())
+                    .await
+                {
+                    Ok(conn) => Ok((client, conn)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok((client, mut conn)) => {
+                    let addr = client.get_connection_info().addr().to_string();
+                    if last_addr.as_ref() != Some(&addr) {
+                        tracing::info!(master = %addr, "redis master (from sentinel) connected");
+                        last_addr = Some(addr);
+                    }
+                    *self.conn.write().await = Some(conn.clone());
+                    self.master.send_replace(Some(client));
+                    delay = Duration::from_millis(100);
+                    while self.is_master(&mut conn).await {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = self.suspect.notified() => {}
+                            _ = tokio::time::sleep(MASTER_CHECK_INTERVAL) => {}
+                        }
+                    }
+                    tracing::warn!(
+                        "redis master lost or demoted; asking the sentinels for the current one"
+                    );
+                    *self.conn.write().await = None;
+                    self.master.send_replace(None);
+                }
+                Err(e) => {
+                    self.count("connect", "error");
+                    tracing::warn!(error = %e, "no redis master from the sentinels; using the in-process cache and Kratos only");
+                }
+            }
+            if !back_off(&stop, &mut delay, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
+
+    /// Does the connection answer `ROLE` as a master?
+    async fn is_master(&self, conn: &mut ConnectionManager) -> bool {
+        let cmd = redis::cmd("ROLE");
+        let role = cmd.query_async::<redis::Role>(conn);
+        // Generous: a busy master is not a lost one.
+        let deadline = (self.timeout * 4).max(Duration::from_millis(500));
+        matches!(
+            tokio::time::timeout(deadline, role).await,
+            Ok(Ok(redis::Role::Primary { .. }))
+        )
+    }
+
     /// Keeps a command connection (ConnectionManager reconnects by itself once it exists).
-    async fn connect_loop(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+    async fn connect_loop(
+        self: Arc<Self>,
+        client: redis::Client,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let mut delay = Duration::from_millis(100);
         loop {
             if self.conn.read().await.is_some() {
                 return;
             }
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(1));
-            match self.client.get_connection_manager_with_config(config).await {
+            match client
+                .get_connection_manager_with_config(self.manager_config())
+                .await
+            {
                 Ok(c) => {
                     *self.conn.write().await = Some(c);
                     tracing::info!("redis connected");
@@ -154,11 +253,9 @@ impl RedisTier {
                     tracing::warn!(error = %e, "redis unavailable; using the in-process cache and Kratos only");
                 }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            if !back_off(&stop, &mut delay, Duration::from_secs(2)).await {
+                return;
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -169,15 +266,30 @@ impl RedisTier {
         on_message: Arc<dyn Fn(Invalidation) + Send + Sync>,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        tokio::spawn(self.clone().connect_loop(stop.clone()));
+        match self.target.direct() {
+            Some(client) => tokio::spawn(self.clone().connect_loop(client.clone(), stop.clone())),
+            None => tokio::spawn(self.clone().follow_master(stop.clone())),
+        };
         let this = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
+            let mut master = this.master.subscribe();
             loop {
                 if stop.is_cancelled() {
                     return;
                 }
-                match this.client.get_async_pubsub().await {
+                // One server: its client. Sentinel: the master the command connection is on.
+                let client = match this.target.direct() {
+                    Some(client) => client.clone(),
+                    None => tokio::select! {
+                        _ = stop.cancelled() => return,
+                        found = master.wait_for(Option::is_some) => match found {
+                            Ok(client) => client.clone().expect("waited for Some"),
+                            Err(_) => return,
+                        },
+                    },
+                };
+                match client.get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(&this.channel).await {
                         Ok(()) => {
                             // Learn the generation before trusting entries again.
@@ -190,6 +302,8 @@ impl RedisTier {
                             loop {
                                 tokio::select! {
                                     _ = stop.cancelled() => return,
+                                    // Sentinel: the command connection moved to another master.
+                                    _ = master.changed() => break,
                                     msg = stream.next() => match msg {
                                         Some(msg) => match this.sealer.open_message(msg.get_payload_bytes()) {
                                             Ok((inv, generation)) => {
@@ -219,11 +333,14 @@ impl RedisTier {
                 this.subscribed.store(false, Ordering::SeqCst);
                 this.metrics.redis_subscribed.set(0);
                 this.count("subscribe", "error");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if this.target.is_sentinel() && master.has_changed().unwrap_or(false) {
+                    // Follow the new master at once.
+                    delay = Duration::from_millis(100);
+                    continue;
                 }
-                delay = (delay * 2).min(Duration::from_secs(1));
+                if !back_off(&stop, &mut delay, Duration::from_secs(1)).await {
+                    return;
+                }
             }
         });
     }
@@ -522,18 +639,13 @@ mod tests {
     async fn late_writes_cannot_resurrect_invalidated_entries() {
         let server = super::redis_server::Redis::start().await;
         let config = RedisConfig {
+            url: Some(server.url()),
             timeout: Duration::from_millis(200),
             ..RedisConfig::default()
         };
         // Window: 0 + 2 × 200 ms + 1 s.
-        let shared = RedisTier::new(
-            &config,
-            &"k".repeat(40),
-            &server.url(),
-            Metrics::new(),
-            Duration::ZERO,
-        )
-        .unwrap();
+        let shared =
+            RedisTier::new(&config, &"k".repeat(40), Metrics::new(), Duration::ZERO).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         shared.start(Arc::new(|_| {}), stop.clone());
         for _ in 0..200 {

@@ -81,12 +81,14 @@ struct Signer {
     keys: KeySet,
     header_b64: String,
     public_jwks: Arc<str>,
+    openid_configuration: Arc<str>,
 }
 
 /// Mints JWTs for sessions.
 pub struct Minter {
     signer: RwLock<Arc<Signer>>,
     generation: AtomicU64,
+    issuer: String,
     issuer_json: String,
     default_audience_json: Option<String>,
     ttl: Duration,
@@ -111,14 +113,39 @@ fn audience_json(audience: &[String]) -> Option<String> {
 }
 
 impl Signer {
-    fn new(keys: KeySet) -> Signer {
+    fn new(keys: KeySet, issuer: &str) -> Signer {
         let header = serde_json::json!({"alg": keys.signing.alg.as_str(), "kid": keys.signing.kid, "typ": "JWT"});
         Signer {
             header_b64: B64.encode(header.to_string()),
             public_jwks: keys.public_jwks().to_string().into(),
+            openid_configuration: openid_configuration(&keys, issuer).to_string().into(),
             keys,
         }
     }
+}
+
+/// The OpenID Provider metadata for discovery (`/.well-known/openid-configuration`): enough for
+/// JWT libraries, Istio `RequestAuthentication` and Envoy `jwt_authn` to find the keys from the
+/// issuer. `id_token_signing_alg_values_supported` lists the signing key's algorithm first, then
+/// those of the other published keys.
+fn openid_configuration(keys: &KeySet, issuer: &str) -> serde_json::Value {
+    let mut algs = vec![keys.signing.alg.as_str().to_string()];
+    for alg in keys
+        .public
+        .iter()
+        .filter_map(|k| k.get("alg").and_then(serde_json::Value::as_str))
+    {
+        if !algs.iter().any(|a| a == alg) {
+            algs.push(alg.to_string());
+        }
+    }
+    serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')),
+        "id_token_signing_alg_values_supported": algs,
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+    })
 }
 
 impl Minter {
@@ -132,8 +159,9 @@ impl Minter {
                 })
                 .time_to_live(config.ttl)
                 .build(),
-            signer: RwLock::new(Arc::new(Signer::new(keys))),
+            signer: RwLock::new(Arc::new(Signer::new(keys, &config.issuer))),
             generation: AtomicU64::new(0),
+            issuer: config.issuer.clone(),
             issuer_json: serde_json::to_string(&config.issuer).unwrap_or_default(),
             default_audience_json: audience_json(&config.audience),
             ttl: config.ttl,
@@ -143,7 +171,7 @@ impl Minter {
 
     /// Replaces the keys (key rotation); tokens minted with the old signing key are re-minted.
     pub fn replace_keys(&self, keys: KeySet) {
-        let signer = Arc::new(Signer::new(keys));
+        let signer = Arc::new(Signer::new(keys, &self.issuer));
         *self.signer.write().unwrap_or_else(|e| e.into_inner()) = signer;
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
@@ -158,6 +186,11 @@ impl Minter {
     /// The public JWKS document.
     pub fn public_jwks(&self) -> Arc<str> {
         self.signer().public_jwks.clone()
+    }
+
+    /// The OpenID discovery document (follows key rotation).
+    pub fn openid_configuration(&self) -> Arc<str> {
+        self.signer().openid_configuration.clone()
     }
 
     /// The `kid` tokens are signed with now.

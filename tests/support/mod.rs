@@ -4,6 +4,7 @@
 
 pub mod kratos;
 pub mod nginx;
+pub mod pki;
 pub mod redis;
 pub mod upstream;
 
@@ -286,4 +287,41 @@ pub async fn metric(gate: &Gate, name: &str, label_filter: &str) -> f64 {
         .filter(|l| l.starts_with(&format!("sessiongate_{name}")) && l.contains(label_filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Polls `f` every 10 ms until it holds, for `within` at most.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    within: std::time::Duration,
+    mut f: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Polls `/metrics` until `sessiongate_<name>` (with the label filter) is at least `at_least`,
+/// for `within` at most.
+pub async fn wait_metric(
+    gate: &Gate,
+    name: &str,
+    label_filter: &str,
+    at_least: f64,
+    within: std::time::Duration,
+) -> bool {
+    eventually(within, || async {
+        metric(gate, name, label_filter).await >= at_least
+    })
+    .await
+}
+
+/// Is a check with this session cookie allowed? (A gRPC error panics: checks must be answered.)
+pub async fn is_allowed(gate: &Gate, session: &str) -> bool {
+    let mut c = gate.client().await;
+    let r = c.check(cookie(session)).await.unwrap().into_inner();
+    r.status.unwrap().code == 0
 }
