@@ -440,3 +440,56 @@ fn after_headers(
         error.map(|e| (Err(e), (None, None)))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixes_derive_sessions_and_everything_is_counted() {
+        let fake = FakeKratos::bind("127.0.0.1:0".parse().unwrap(), false)
+            .await
+            .unwrap();
+        fake.set_prefix(
+            "valid-",
+            Behaviour::Derived {
+                expires_in: Duration::from_secs(60),
+            },
+        );
+        let http = reqwest::Client::new();
+        let whoami = |cookie: &str| {
+            http.get(format!("{}/sessions/whoami", fake.url()))
+                .header("cookie", format!("theme=dark; ory_kratos_session={cookie}"))
+                .send()
+        };
+        let a = whoami("valid-1").await.unwrap();
+        assert_eq!(a.status(), 200);
+        let a: serde_json::Value = serde_json::from_slice(&a.bytes().await.unwrap()).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&whoami("valid-1").await.unwrap().bytes().await.unwrap())
+                .unwrap();
+        assert_eq!(a["id"], again["id"], "ids derive from the credential");
+        let expires =
+            chrono::DateTime::parse_from_rfc3339(a["expires_at"].as_str().unwrap()).unwrap();
+        let left = expires.with_timezone(&Utc) - Utc::now();
+        assert!(left > chrono::Duration::seconds(50) && left <= chrono::Duration::seconds(60));
+        assert_eq!(whoami("other").await.unwrap().status(), 401);
+
+        assert_eq!(fake.calls(), 3);
+        assert!(fake.received().is_empty(), "not recording");
+        let stats = http
+            .get(format!("{}/__stats", fake.url()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+        assert_eq!(
+            (stats["calls"].as_u64(), stats["ok"].as_u64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(stats["unauthorized"], 1);
+    }
+}
