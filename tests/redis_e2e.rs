@@ -329,4 +329,8 @@ async fn propagation_between_two_processes() {
         pct(0.99),
         samples.last().unwrap()
     );
+    // Kill and reap both processes now rather than leave them to kill_on_drop's background reaping.
+    for mut p in procs {
+        let _ = p.kill().await;
+    }
 }
