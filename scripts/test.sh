@@ -4,6 +4,9 @@
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh --lib      # extra args go to `cargo test`
+#
+# Fails, naming them, when a process the tests started (nginx, redis-server, kratos, a
+# sessiongate binary, ...) is still alive after `cargo test` has exited.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +43,38 @@ if [ $# -eq 0 ]; then
   scripts/validate-k8s.sh
 fi
 
-exec cargo test --all-targets "$@"
+# Every crate of the workspace: the product, bench/ and crates/testkit. Only cargo (and so every
+# process the tests start) gets this run's marker in its environment: what still carries it
+# after cargo has exited was left behind by a test.
+# Every target unless the arguments pick some (`scripts/test.sh --test nginx_e2e`).
+targets=(--all-targets)
+for a in "$@"; do
+  case "$a" in
+    --lib|--bins|--bin|--bin=*|--tests|--test|--test=*|--examples|--example|--example=*|\
+    --benches|--bench|--bench=*|--doc|--all-targets) targets=() ;;
+  esac
+done
+run_id="$$-$(date +%s%N)"
+set +e
+SESSIONGATE_TEST_RUN="$run_id" cargo test --workspace "${targets[@]}" "$@"
+status=$?
+set -e
+
+# Processes of this run still alive (zombies have an empty environ and do not count).
+leftovers() {
+  grep -lzxF "SESSIONGATE_TEST_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
+    sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' || true
+}
+left=()
+for _ in $(seq 20); do  # ~2 s of grace for processes still shutting down
+  mapfile -t left < <(leftovers)
+  ((${#left[@]})) || break
+  sleep 0.1
+done
+if ((${#left[@]})); then
+  echo "test.sh: ${#left[@]} process(es) started by the tests outlived them:" >&2
+  ps -o pid=,ppid=,etime=,args= -p "$(IFS=,; echo "${left[*]}")" >&2 || true
+  kill -KILL "${left[@]}" 2>/dev/null || true
+  ((status != 0)) || status=1
+fi
+exit "$status"
