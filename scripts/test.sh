@@ -45,7 +45,8 @@ fi
 
 # Every crate of the workspace: the product, bench/ and crates/testkit. Only cargo (and so every
 # process the tests start) gets this run's marker in its environment: what still carries it
-# after cargo has exited was left behind by a test.
+# after cargo has exited was left behind by a test. (Not SESSIONGATE_*: sessiongate reads those
+# as configuration and rejects unknown ones.)
 # Every target unless the arguments pick some (`scripts/test.sh --test nginx_e2e`).
 targets=(--all-targets)
 for a in "$@"; do
@@ -56,13 +57,13 @@ for a in "$@"; do
 done
 run_id="$$-$(date +%s%N)"
 set +e
-SESSIONGATE_TEST_RUN="$run_id" cargo test --workspace "${targets[@]}" "$@"
+TEST_SH_RUN="$run_id" cargo test --workspace "${targets[@]}" "$@"
 status=$?
 set -e
 
 # Processes of this run still alive (zombies have an empty environ and do not count).
 leftovers() {
-  grep -lzxF "SESSIONGATE_TEST_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
+  grep -lzxF "TEST_SH_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
     sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' || true
 }
 left=()
