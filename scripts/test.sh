@@ -43,10 +43,7 @@ if [ $# -eq 0 ]; then
   scripts/validate-k8s.sh
 fi
 
-# Every crate of the workspace: the product, bench/ and crates/testkit. Only cargo (and so every
-# process the tests start) gets this run's marker in its environment: what still carries it
-# after cargo has exited was left behind by a test. (Not SESSIONGATE_*: sessiongate reads those
-# as configuration and rejects unknown ones.)
+# Every crate of the workspace: the product, bench/ and crates/testkit.
 # Every target unless the arguments pick some (`scripts/test.sh --test nginx_e2e`).
 targets=(--all-targets)
 for a in "$@"; do
@@ -55,16 +52,34 @@ for a in "$@"; do
     --benches|--bench|--bench=*|--doc|--all-targets) targets=() ;;
   esac
 done
+# cargo runs in a session of its own and with this run's marker in its environment; every
+# process the tests start inherits both (nginx workers drop the environment but keep the
+# session; a process that starts its own session keeps the environment). What still has either
+# once cargo has exited was left behind by a test. (The marker is not SESSIONGATE_*: sessiongate
+# reads those as configuration and rejects unknown ones.)
 run_id="$$-$(date +%s%N)"
 set +e
-TEST_SH_RUN="$run_id" cargo test --workspace "${targets[@]}" "$@"
+# `env --default-signal`: a background job of a script starts with SIGINT and SIGQUIT ignored.
+TEST_SH_RUN="$run_id" setsid env --default-signal=INT,QUIT \
+  cargo test --workspace "${targets[@]}" "$@" &
+cargo_pid=$!  # also the session id: setsid execs in place (a background job leads no group)
+trap 'kill -INT -- "-$cargo_pid" 2>/dev/null' INT TERM
+wait "$cargo_pid"
 status=$?
+while kill -0 "$cargo_pid" 2>/dev/null; do  # a trapped signal interrupted `wait`
+  wait "$cargo_pid"
+  status=$?
+done
+trap - INT TERM
 set -e
 
-# Processes of this run still alive (zombies have an empty environ and do not count).
+# Live processes of this run (zombies are not alive; their environ reads empty).
 leftovers() {
-  grep -lzxF "TEST_SH_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
-    sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' || true
+  {
+    ps -eo pid=,sid=,stat= | awk -v sid="$cargo_pid" '$2 == sid && $3 !~ /^Z/ { print $1 }'
+    grep -lzxF "TEST_SH_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
+      sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'
+  } | sort -un
 }
 left=()
 for _ in $(seq 20); do  # ~2 s of grace for processes still shutting down
