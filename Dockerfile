@@ -7,11 +7,12 @@
 # ── build ──────────────────────────────────────────────────────────────────────
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# Protobuf code generation uses protox (pure Rust): no protoc needed.
+# Protobuf code generation uses protox (pure Rust): no protoc needed. The whole workspace is
+# copied (cargo reads every member's manifest), but only the product package is built.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin sessiongate \
+    cargo build --release --locked -p sessiongate --bin sessiongate \
  && install -D -m 0755 target/release/sessiongate /out/sessiongate
 
 # ── runtime ────────────────────────────────────────────────────────────────────

@@ -68,9 +68,11 @@ OK_PROXY_PORT=$((P + 91)); OK_API_PORT=$((P + 92))
 
 # ---------------------------------------------------------------- build
 log "building (release)"
-cargo build --release --bin sessiongate --bin sessiongate-bench >&2
-SG_BIN="${BENCH_SESSIONGATE_BIN:-$REPO_ROOT/target/release/sessiongate}"
-BENCH="$REPO_ROOT/target/release/sessiongate-bench"
+# The product (root package) and the bench (workspace member bench/, package sessiongate-bench).
+cargo build --release -p sessiongate -p sessiongate-bench --bins >&2
+RELEASE_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+SG_BIN="${BENCH_SESSIONGATE_BIN:-$RELEASE_DIR/sessiongate}"
+BENCH="$RELEASE_DIR/sessiongate-bench"
 [[ -x "$SG_BIN" ]] || { log "$SG_BIN not executable"; exit 1; }
 
 # ---------------------------------------------------------------- pinning

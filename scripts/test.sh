@@ -4,6 +4,9 @@
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh --lib      # extra args go to `cargo test`
+#
+# Fails, naming them, when a process the tests started (nginx, redis-server, kratos, a
+# sessiongate binary, ...) is still alive after `cargo test` has exited.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +47,54 @@ if [ $# -eq 0 ]; then
   scripts/envoy-validate.sh ci
 fi
 
-exec cargo test --all-targets "$@"
+# Every crate of the workspace: the product, bench/ and crates/testkit.
+# Every target unless the arguments pick some (`scripts/test.sh --test nginx_e2e`).
+targets=(--all-targets)
+for a in "$@"; do
+  case "$a" in
+    --lib|--bins|--bin|--bin=*|--tests|--test|--test=*|--examples|--example|--example=*|\
+    --benches|--bench|--bench=*|--doc|--all-targets) targets=() ;;
+  esac
+done
+# cargo runs in a session of its own and with this run's marker in its environment; every
+# process the tests start inherits both (nginx workers drop the environment but keep the
+# session; a process that starts its own session keeps the environment). What still has either
+# once cargo has exited was left behind by a test. (The marker is not SESSIONGATE_*: sessiongate
+# reads those as configuration and rejects unknown ones.)
+run_id="$$-$(date +%s%N)"
+set +e
+# `env --default-signal`: a background job of a script starts with SIGINT and SIGQUIT ignored.
+TEST_SH_RUN="$run_id" setsid env --default-signal=INT,QUIT \
+  cargo test --workspace "${targets[@]}" "$@" &
+cargo_pid=$!  # also the session id: setsid execs in place (a background job leads no group)
+trap 'kill -INT -- "-$cargo_pid" 2>/dev/null' INT TERM
+wait "$cargo_pid"
+status=$?
+while kill -0 "$cargo_pid" 2>/dev/null; do  # a trapped signal interrupted `wait`
+  wait "$cargo_pid"
+  status=$?
+done
+trap - INT TERM
+set -e
+
+# Live processes of this run (zombies are not alive; their environ reads empty).
+leftovers() {
+  {
+    ps -eo pid=,sid=,stat= | awk -v sid="$cargo_pid" '$2 == sid && $3 !~ /^Z/ { print $1 }'
+    grep -lzxF "TEST_SH_RUN=$run_id" /proc/[0-9]*/environ 2>/dev/null |
+      sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'
+  } | sort -un
+}
+left=()
+for _ in $(seq 20); do  # ~2 s of grace for processes still shutting down
+  mapfile -t left < <(leftovers)
+  ((${#left[@]})) || break
+  sleep 0.1
+done
+if ((${#left[@]})); then
+  echo "test.sh: ${#left[@]} process(es) started by the tests outlived them:" >&2
+  ps -o pid=,ppid=,etime=,args= -p "$(IFS=,; echo "${left[*]}")" >&2 || true
+  kill -KILL "${left[@]}" 2>/dev/null || true
+  ((status != 0)) || status=1
+fi
+exit "$status"

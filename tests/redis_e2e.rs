@@ -329,6 +329,10 @@ async fn propagation_between_two_processes() {
         pct(0.99),
         samples.last().unwrap()
     );
+    // Kill and reap both processes now rather than leave them to kill_on_drop's background reaping.
+    for mut p in procs {
+        let _ = p.kill().await;
+    }
 }
 
 /// The Redis key of a session cookie's entry, as every replica computes it.

@@ -1,6 +1,6 @@
 //! A real nginx (Debian's package) started on loopback with a generated config that includes
 //! the shipped snippets in `nginx/`, in front of an echo upstream that reports the headers it
-//! received. Dropping it stops nginx.
+//! received. It runs as one process (`master_process off`), which dropping it kills and reaps.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ pub async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// A running nginx.
+/// A running nginx: a single process, no master/worker pair (see `config`).
 pub struct Nginx {
     child: Child,
     pub addr: SocketAddr,
@@ -40,6 +40,7 @@ pub struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // The only nginx process (`master_process off`): once reaped, nothing of it is left.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -62,6 +63,10 @@ fn nginx_binary() -> PathBuf {
 
 /// The documented sessiongate snippet, instantiated: `auth_request` to sessiongate's `/check`,
 /// the token and identity headers copied upstream, browsers redirected via `error_page 401`.
+///
+/// `master_process off`: nginx serves from the process we spawned, with no workers. With a
+/// master, killing it (the only pid we hold) orphaned its workers, which kept running after the
+/// tests; a single process has nothing to orphan, and its shutdown needs no timing.
 pub fn config(
     listen: SocketAddr,
     gate_http: SocketAddr,
@@ -72,7 +77,7 @@ pub fn config(
     let root = env!("CARGO_MANIFEST_DIR");
     format!(
         r#"
-worker_processes 1;
+master_process off;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
