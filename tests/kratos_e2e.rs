@@ -260,3 +260,121 @@ async fn two_hundred_concurrent_first_checks_make_one_whoami_call() {
         1.0
     );
 }
+
+/// A check for `path` with a session token (rules match on the path).
+fn token_at(token: &str, path: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    let mut req = token_req(token);
+    let http = http_mut(&mut req);
+    http.path = path.into();
+    http.headers.insert(":path".into(), path.into());
+    req
+}
+
+/// Route rules against a real session: a role granted through Kratos' admin API
+/// (`metadata_public`) opens one route and not another, for the same session; `max_auth_age`
+/// reads the real `authenticated_at`, and a fresh login satisfies it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_read_metadata_public_and_authenticated_at_of_real_sessions() {
+    use sessiongate::config::{MatchConfig, RequirementConfig, RuleConfig};
+    let k = KratosHarness::start().await.expect("kratos");
+    let mut cfg = gate_config(&k);
+    let role = |roles: &[&str]| RequirementConfig {
+        claim: "/identity/metadata_public/role".into(),
+        one_of: Some(roles.iter().map(|r| json!(r)).collect()),
+        ..RequirementConfig::default()
+    };
+    let rule = |name: &str, path: &str| RuleConfig {
+        name: name.into(),
+        matches: MatchConfig {
+            paths: vec![path.into()],
+            ..MatchConfig::default()
+        },
+        ..RuleConfig::default()
+    };
+    let mut admin = rule("admin", "/admin/**");
+    admin.require = vec![role(&["admin", "owner"])];
+    let mut owners = rule("owners", "/owners/**");
+    owners.require = vec![role(&["owner"])];
+    let mut recent = rule("recent", "/settings/**");
+    recent.max_auth_age = Some(Duration::from_secs(2));
+    cfg.routes.rules = vec![admin, owners, recent];
+    let gate = Gate::start(cfg).await;
+    let mut client = gate.client().await;
+
+    let (token, session) = register(&k, "root").await;
+    let identity = session["identity"]["id"].as_str().unwrap().to_owned();
+    // No role yet: the admin route is refused (403, not 401: the session is fine).
+    let r = client
+        .check(token_at(&token, "/admin/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&r).0, 403);
+    // Grant the role through Kratos' admin API, then drop the cached session (as an operator's
+    // tooling does after a role change) so the next check sees it.
+    let updated = k
+        .admin_set_metadata_public(&identity, json!({"role": "admin"}))
+        .await
+        .unwrap();
+    assert_eq!(updated["metadata_public"]["role"], "admin");
+    let mut admin_api = admin_client(gate.grpc, "kratos-e2e-admin-token").await;
+    admin_api
+        .invalidate_identity(sessiongate::admin_pb::InvalidateIdentityRequest {
+            identity_id: identity.clone(),
+        })
+        .await
+        .unwrap();
+    // The same session: 200 on the admin route, 403 on the owners route.
+    let r = client
+        .check(token_at(&token, "/admin/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = allowed(&r);
+    assert_eq!(
+        verify(&gate, &m.set["authorization"], "app").await["sub"],
+        identity.as_str()
+    );
+    let r = client
+        .check(token_at(&token, "/owners/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = denied(&r);
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("requirement_not_met") && !body.contains("\"admin\""),
+        "{body}"
+    );
+
+    // max_auth_age 2 s: fine right after registration, then re-authentication is asked for.
+    allowed(
+        &client
+            .check(token_at(&token, "/settings/x"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = client
+        .check(token_at(&token, "/settings/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = denied(&r);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("refresh=true"), "{body}");
+    // A fresh login is recent again.
+    let email = session["identity"]["traits"]["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (fresh, _) = k.login_api(&email, PASSWORD).await.unwrap();
+    allowed(
+        &client
+            .check(token_at(&fresh, "/settings/x"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+}

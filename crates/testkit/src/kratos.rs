@@ -212,6 +212,21 @@ impl KratosClient {
         .await
     }
 
+    /// `PATCH {admin}/admin/identities/{id}` (JSON Patch): sets the identity's
+    /// `metadata_public`, as operators do to grant roles. Returns the updated identity.
+    pub async fn admin_set_metadata_public(
+        &self,
+        identity_id: &str,
+        metadata: Value,
+    ) -> Result<Value> {
+        let url = format!("{}/admin/identities/{identity_id}", self.admin()?);
+        let patch =
+            serde_json::json!([{"op": "add", "path": "/metadata_public", "value": metadata}]);
+        let (status, _, resp) = self.request(Method::PATCH, &url, Some(&patch), &[]).await?;
+        expect_status(status, StatusCode::OK, "admin patch identity", &resp)?;
+        Ok(serde_json::from_str(&resp)?)
+    }
+
     /// Links TOTP to the identity of `session_token` via the settings API flow and returns the
     /// base32 TOTP secret. Kratos also raises that session to aal2; other aal1 sessions of the
     /// identity then get 403 `session_aal2_required` from whoami.
