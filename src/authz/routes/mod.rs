@@ -1,6 +1,6 @@
 //! Route rules compiled once from `routes:` into a [`RouteTable`]: which [`Policy`] a request
-//! gets. First matching rule wins; candidates come from an index on the first literal path
-//! segment, so the cost per request does not grow with the number of rules. Rules may also be
+//! gets. First matching rule wins; candidates come from a trie of the patterns' literal path
+//! prefixes, so the cost per request does not grow with the number of rules. Rules may also be
 //! named by operator configuration (Envoy `context_extensions: {route: …}`, a proxy's
 //! `/check/r/<name>`), never by anything a client sends.
 
@@ -82,14 +82,20 @@ impl HostPattern {
     }
 }
 
-/// The request's host as rules compare it: lower-case, without port.
-pub fn host_of(authority: &str) -> String {
+/// The request's host as rules compare it: lower-case, without port (borrowed when it already
+/// is).
+pub fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = match authority.rsplit_once(':') {
         // `[::1]:8080` or `example.com:8080`; a bare IPv6 literal has no port after `]`.
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => authority,
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 #[derive(Debug)]
@@ -144,13 +150,60 @@ pub struct RuleError {
 pub struct RouteTable {
     rules: Vec<Rule>,
     by_name: HashMap<Box<str>, usize>,
-    /// Rule indexes by the first literal path segment of one of their patterns.
-    by_first_segment: HashMap<Box<str>, Vec<usize>>,
-    /// Rules that any first segment may reach (no paths, or a pattern starting with `*`/`**`).
-    unindexed: Vec<usize>,
+    /// Rule indexes by the literal prefix of their path patterns (rules without paths at the
+    /// root): a request's candidates are the rules on the trie path of its own segments.
+    index: PrefixNode,
     default: Policy,
     /// Every JSON pointer some requirement reads: the session projection keeps their values.
     pointers: Vec<Arc<str>>,
+}
+
+/// Most rule-bearing trie nodes one request path can visit before the table falls back to a
+/// scan in order.
+const MAX_LISTS: usize = 16;
+
+/// A node of the literal-prefix trie: the rules whose pattern's literal prefix ends here, in
+/// rule order.
+#[derive(Debug, Default)]
+struct PrefixNode {
+    rules: Vec<usize>,
+    children: HashMap<Box<str>, PrefixNode>,
+}
+
+impl PrefixNode {
+    fn insert(&mut self, rule: usize, literals: &[&str]) {
+        let node = literals.iter().fold(self, |node, seg| {
+            node.children.entry((*seg).into()).or_default()
+        });
+        if node.rules.last() != Some(&rule) {
+            node.rules.push(rule);
+        }
+    }
+
+    /// The rule lists on the trie path of `path`'s segments (each in rule order) into `out`;
+    /// how many, or `None` when there are more than `out` holds.
+    fn candidates<'a>(&'a self, path: &str, out: &mut [&'a [usize]; MAX_LISTS]) -> Option<usize> {
+        let mut n = 0;
+        let mut push = |list: &'a [usize]| {
+            if !list.is_empty() {
+                *out.get_mut(n)? = list;
+                n += 1;
+            }
+            Some(())
+        };
+        let mut node = self;
+        push(&node.rules)?;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            match node.children.get(seg) {
+                Some(next) => {
+                    node = next;
+                    push(&node.rules)?;
+                }
+                None => break,
+            }
+        }
+        Some(n)
+    }
 }
 
 /// Which rule a request names or matches.
@@ -199,31 +252,19 @@ impl RouteTable {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut by_first_segment: HashMap<Box<str>, Vec<usize>> = HashMap::new();
-        let mut unindexed = Vec::new();
+        let mut index = PrefixNode::default();
         for (i, rule) in rules.iter().enumerate() {
-            let firsts: Option<Vec<&str>> = if rule.paths.is_empty() {
-                None
-            } else {
-                rule.paths.iter().map(PathPattern::first_literal).collect()
-            };
-            match firsts {
-                Some(firsts) => {
-                    for f in firsts {
-                        let list = by_first_segment.entry(f.into()).or_default();
-                        if list.last() != Some(&i) {
-                            list.push(i);
-                        }
-                    }
-                }
-                None => unindexed.push(i),
+            if rule.paths.is_empty() {
+                index.insert(i, &[]);
+            }
+            for p in &rule.paths {
+                index.insert(i, &p.literal_prefix());
             }
         }
         Ok(RouteTable {
             rules,
             by_name,
-            by_first_segment,
-            unindexed,
+            index,
             default: Policy::default_for(config.default),
             pointers,
         })
@@ -234,8 +275,7 @@ impl RouteTable {
         RouteTable {
             rules: Vec::new(),
             by_name: HashMap::new(),
-            by_first_segment: HashMap::new(),
-            unindexed: Vec::new(),
+            index: PrefixNode::default(),
             default: Policy::default_for(default),
             pointers: Vec::new(),
         }
@@ -252,23 +292,33 @@ impl RouteTable {
         if self.rules.is_empty() {
             return Selected::Default(&self.default);
         }
-        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
-        let indexed = self
-            .by_first_segment
-            .get(first)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        // Both lists are in rule order: walk them together, lowest index first.
-        let (mut a, mut b) = (indexed.iter().peekable(), self.unindexed.iter().peekable());
+        // The rule lists on the request's trie path, on the stack (no allocation per check).
+        let mut lists: [&[usize]; MAX_LISTS] = [&[]; MAX_LISTS];
+        let Some(n) = self.index.candidates(path, &mut lists) else {
+            // Deeper than MAX_LISTS rule-bearing prefixes: every rule, in order (correct, slow,
+            // and only for paths that deep into a table that deep).
+            return self
+                .rules
+                .iter()
+                .find(|r| r.matches(method, host, path))
+                .map_or(Selected::Default(&self.default), |r| {
+                    Selected::Rule(&r.policy)
+                });
+        };
+        let lists = &mut lists[..n];
+        // Each list is in rule order: take the lowest head each time.
         loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) if x < y => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            let rule = &self.rules[*next.expect("peeked")];
+            let mut best: Option<(usize, usize)> = None;
+            for (l, list) in lists.iter().enumerate() {
+                if let Some(&rule) = list.first()
+                    && best.is_none_or(|(b, _)| rule < b)
+                {
+                    best = Some((rule, l));
+                }
+            }
+            let Some((rule, l)) = best else { break };
+            lists[l] = &lists[l][1..];
+            let rule = &self.rules[rule];
             if rule.matches(method, host, path) {
                 return Selected::Rule(&rule.policy);
             }
@@ -560,6 +610,21 @@ mod tests {
                 ("admin-app".to_string(), "admin-host".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn very_deep_prefixes_still_match_in_order() {
+        // Twenty nested literal prefixes, each with a rule: past MAX_LISTS the table scans.
+        let mut rules = Vec::new();
+        let mut p = String::new();
+        for i in 0..20 {
+            p.push_str(&format!("/s{i}"));
+            rules.push(rule(&format!("r{i}"), &[], &["PUT"], &[&format!("{p}/**")]));
+        }
+        rules.push(rule("deep", &[], &[], &[&format!("{p}/x")]));
+        let t = table(rules);
+        assert_eq!(name(&t, "GET", "h", &format!("{p}/x")), "deep");
+        assert_eq!(name(&t, "PUT", "h", &format!("{p}/x")), "r0");
     }
 
     #[test]

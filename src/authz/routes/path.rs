@@ -19,11 +19,15 @@ pub enum PathError {
 }
 
 /// The normalised path of a request target: decoded, `//` merged, dot segments resolved,
-/// no trailing slash (except `/` itself), no query.
-pub fn normalise(target: &str) -> Result<String, PathError> {
+/// no trailing slash (except `/` itself), no query. Borrowed when the path already is normal
+/// (the common case: no allocation on the hot path).
+pub fn normalise(target: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
     let path = target.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if is_normal(path) {
+        return Ok(std::borrow::Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -69,7 +73,26 @@ pub fn normalise(target: &str) -> Result<String, PathError> {
     if normal.is_empty() {
         normal.push('/');
     }
-    Ok(normal)
+    Ok(std::borrow::Cow::Owned(normal))
+}
+
+/// Already normal: printable ASCII without `%` or `\\`, no empty, `.` or `..` segment, no
+/// trailing slash (except `/`).
+fn is_normal(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let b = path.as_bytes();
+    if b.last() == Some(&b'/')
+        || !b
+            .iter()
+            .all(|&c| c.is_ascii_graphic() && c != b'%' && c != b'\\')
+    {
+        return false;
+    }
+    path[1..]
+        .split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// One segment of a path pattern.
@@ -128,12 +151,15 @@ impl PathPattern {
         })
     }
 
-    /// The first segment when it is a literal (the route table's index key).
-    pub fn first_literal(&self) -> Option<&str> {
-        match self.segments.first() {
-            Some(Segment::Literal(s)) => Some(s),
-            _ => None,
-        }
+    /// The literal segments before the first wildcard (the route table's index key).
+    pub fn literal_prefix(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .map_while(|s| match s {
+                Segment::Literal(l) => Some(&**l),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Does the normalised path match?
@@ -195,7 +221,7 @@ mod tests {
             ("/a?b=/c#d", "/a"),
             ("/caf%C3%A9", "/café"),
         ] {
-            let got = normalise(raw).map_err(|_| ()).map(|s| s.to_string());
+            let got = normalise(raw).map_err(|_| ()).map(|s| s.into_owned());
             match want {
                 "not absolute" => assert!(got.is_err(), "{raw}"),
                 w => assert_eq!(got, Ok(w.to_string()), "{raw}"),
