@@ -466,3 +466,310 @@ impl IntrospectionCache {
         self.inner.entries.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::oauth2::Secret;
+    use crate::oauth2::tests::Server;
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// token → answer: `active-<sub>-<client>[-<scope>]`, `inactive`, `refresh`, `short`.
+    fn answer(token: &str) -> Value {
+        let token = token.strip_prefix("token=").unwrap_or(token);
+        let token = token.split('&').next().unwrap();
+        let token = percent_encoding::percent_decode_str(token)
+            .decode_utf8()
+            .unwrap();
+        // `short` expires 1 s after its first introspection, whoever asks later.
+        static SHORT_EXP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let parts: Vec<&str> = token.split("-").collect();
+        match parts.as_slice() {
+            ["active", sub, client, rest @ ..] => json!({
+                "active": true, "sub": sub, "client_id": client, "exp": now() + 3600,
+                "scope": rest.first().copied().unwrap_or("read"), "token_use": "access_token"
+            }),
+            ["short"] => {
+                json!({"active": true, "sub": "s", "client_id": "c", "exp": *SHORT_EXP.get_or_init(|| now() + 1), "scope": "read"})
+            }
+            ["refresh"] => {
+                json!({"active": true, "sub": "s", "exp": now() + 3600, "token_use": "refresh_token"})
+            }
+            _ => json!({"active": false}),
+        }
+    }
+
+    async fn server() -> Server {
+        Server::start(Arc::new(|_: &str, auth: Option<&str>, body: &[u8]| {
+            // Basic base64("gate:s3cr%2Bt") — the secret `s3cr+t` form-encoded first.
+            if auth != Some("Basic Z2F0ZTpzM2NyJTJCdA==") {
+                return (401, "{}".into());
+            }
+            (200, answer(std::str::from_utf8(body).unwrap()).to_string())
+        }))
+        .await
+    }
+
+    fn config(s: &Server) -> IntrospectionConfig {
+        IntrospectionConfig::new(
+            format!("{}/introspect", s.base),
+            ClientAuth::Basic {
+                client_id: "gate".into(),
+                client_secret: Secret::new("s3cr+t"),
+            },
+        )
+    }
+
+    fn cache(c: &IntrospectionConfig) -> (IntrospectionCache, Arc<Oauth2Metrics>) {
+        let m = Arc::new(Oauth2Metrics::default());
+        (
+            IntrospectionCache::from_config(c, m.clone(), None).unwrap(),
+            m,
+        )
+    }
+
+    fn active(o: &Result<Outcome, SourceError>) -> bool {
+        matches!(o, Ok(Outcome::Active(_)))
+    }
+
+    #[tokio::test]
+    async fn two_hundred_concurrent_first_uses_make_one_call() {
+        let s = server().await;
+        s.set_delay(Duration::from_millis(100));
+        let (c, m) = cache(&config(&s));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.lookup("active-alice-app").await })
+            })
+            .collect();
+        for t in tasks {
+            let o = t.await.unwrap();
+            let Ok(Outcome::Active(p)) = o else {
+                panic!("{o:?}")
+            };
+            assert_eq!(
+                (p.subject.as_deref(), p.client_id.as_deref()),
+                (Some("alice"), Some("app"))
+            );
+        }
+        assert_eq!(s.hits("/introspect"), 1);
+        assert_eq!(m.introspection_total(), 1);
+        assert!(active(&c.lookup("active-alice-app").await));
+        assert_eq!(s.hits("/introspect"), 1, "then a cache hit");
+    }
+
+    #[tokio::test]
+    async fn inactive_answers_are_kept_for_negative_ttl() {
+        let s = server().await;
+        let (c, _) = cache(&config(&s));
+        for _ in 0..10 {
+            assert!(matches!(
+                c.lookup("inactive").await,
+                Ok(Outcome::Rejected(Rejection::Inactive))
+            ));
+        }
+        assert_eq!(s.hits("/introspect"), 1, "default negative_ttl is 5 s");
+        let mut short = config(&s);
+        short.negative_ttl = Duration::from_millis(100);
+        let (c, _) = cache(&short);
+        c.lookup("inactive").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.lookup("inactive").await.unwrap();
+        assert_eq!(s.hits("/introspect"), 3);
+    }
+
+    #[tokio::test]
+    async fn active_answers_end_at_exp_when_sooner_than_ttl() {
+        let s = server().await;
+        let (c, _) = cache(&config(&s));
+        assert!(active(&c.lookup("short").await));
+        assert!(active(&c.lookup("short").await));
+        assert_eq!(s.hits("/introspect"), 1);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // `exp` has passed: the cached answer is gone, and the endpoint's answer (active but
+        // expired) is not believed.
+        assert!(matches!(
+            c.lookup("short").await,
+            Ok(Outcome::Rejected(Rejection::Inactive))
+        ));
+        assert_eq!(s.hits("/introspect"), 2);
+    }
+
+    #[tokio::test]
+    async fn errors_are_never_cached() {
+        let s = server().await;
+        s.respond(Arc::new(|_: &str, _: Option<&str>, _: &[u8]| {
+            (500, "{}".into())
+        }));
+        let (c, m) = cache(&config(&s));
+        for _ in 0..3 {
+            assert_eq!(
+                c.lookup("active-a-b").await.unwrap_err(),
+                SourceError::Unavailable("5xx")
+            );
+        }
+        assert_eq!(s.hits("/introspect"), 3);
+        assert_eq!(m.introspection_total(), 3);
+        // Wrong client credentials (401) and garbage are errors too, not "inactive".
+        s.respond(Arc::new(|_: &str, _: Option<&str>, _: &[u8]| {
+            (401, "{}".into())
+        }));
+        assert!(c.lookup("active-a-b").await.is_err());
+        s.respond(Arc::new(|_: &str, _: Option<&str>, _: &[u8]| {
+            (200, "{\"no\":1}".into())
+        }));
+        assert_eq!(
+            c.lookup("active-a-b").await.unwrap_err(),
+            SourceError::Unavailable("body")
+        );
+        s.respond(Arc::new(|_: &str, _: Option<&str>, _: &[u8]| {
+            (
+                200,
+                format!("{{\"active\":false,\"pad\":\"{}\"}}", "x".repeat(70_000)),
+            )
+        }));
+        assert_eq!(
+            c.lookup("active-a-b").await.unwrap_err(),
+            SourceError::Unavailable("body")
+        );
+        s.respond(Arc::new(|_: &str, _: Option<&str>, b: &[u8]| {
+            (200, answer(std::str::from_utf8(b).unwrap()).to_string())
+        }));
+        assert!(active(&c.lookup("active-a-b").await));
+    }
+
+    #[tokio::test]
+    async fn required_scopes_are_checked_on_every_lookup() {
+        let s = server().await;
+        let mut cfg = config(&s);
+        cfg.required_scopes = vec!["write".into()];
+        let (c, _) = cache(&cfg);
+        for _ in 0..2 {
+            assert!(matches!(
+                c.lookup("active-a-b-read").await,
+                Ok(Outcome::Rejected(Rejection::InsufficientScope))
+            ));
+            assert!(active(&c.lookup("active-a-b-write").await));
+        }
+        assert_eq!(s.hits("/introspect"), 2);
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_are_not_access_tokens() {
+        let s = server().await;
+        let (c, _) = cache(&config(&s));
+        assert!(matches!(
+            c.lookup("refresh").await,
+            Ok(Outcome::Rejected(Rejection::Inactive))
+        ));
+    }
+
+    #[tokio::test]
+    async fn invalidation_by_subject_client_and_token() {
+        let s = server().await;
+        let (c, _) = cache(&config(&s));
+        for t in [
+            "active-alice-app",
+            "active-alice-cli",
+            "active-bob-app",
+            "inactive",
+        ] {
+            c.lookup(t).await.unwrap();
+        }
+        assert_eq!(s.hits("/introspect"), 4);
+        assert_eq!(c.invalidate_subject("alice"), 2);
+        assert_eq!(c.invalidate_subject("alice"), 0);
+        c.lookup("active-alice-app").await.unwrap();
+        c.lookup("active-bob-app").await.unwrap();
+        assert_eq!(
+            s.hits("/introspect"),
+            5,
+            "only alice's token was asked again"
+        );
+        assert_eq!(c.invalidate_client("app"), 2);
+        c.lookup("active-alice-cli").await.unwrap();
+        assert!(c.invalidate_token("active-alice-cli"));
+        assert!(!c.invalidate_token("active-alice-cli"));
+        c.invalidate_all();
+        assert_eq!(c.entry_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_call_is_not_undone_by_its_answer() {
+        let s = server().await;
+        s.set_delay(Duration::from_millis(150));
+        let (c, _) = cache(&config(&s));
+        let c2 = c.clone();
+        let pending = tokio::spawn(async move { c2.lookup("active-alice-app").await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.invalidate_subject("alice");
+        assert!(active(&pending.await.unwrap()));
+        // The answer that predates the invalidation was asked again, and the second, newer
+        // answer is the one kept.
+        assert_eq!(s.hits("/introspect"), 2);
+        s.set_delay(Duration::ZERO);
+        c.lookup("active-alice-app").await.unwrap();
+        assert_eq!(s.hits("/introspect"), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded_with_a_bounded_wait() {
+        let s = server().await;
+        s.set_delay(Duration::from_millis(300));
+        let mut cfg = config(&s);
+        cfg.max_concurrency = 2;
+        cfg.queue_timeout = Duration::from_millis(50);
+        let (c, m) = cache(&cfg);
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.lookup(&format!("active-u{i}-app")).await })
+            })
+            .collect();
+        let mut overloaded = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Err(SourceError::Overloaded)) {
+                overloaded += 1;
+            }
+        }
+        assert_eq!(overloaded, 3);
+        assert_eq!(m.introspection_shed.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_authenticates_the_client() {
+        let s = Server::start(Arc::new(|_: &str, auth: Option<&str>, _: &[u8]| {
+            if auth == Some("Bearer gate-token") {
+                (
+                    200,
+                    json!({"active": true, "sub": "x", "exp": now() + 60}).to_string(),
+                )
+            } else {
+                (401, "{}".into())
+            }
+        }))
+        .await;
+        let cfg = IntrospectionConfig::new(
+            format!("{}/introspect", s.base),
+            ClientAuth::Bearer {
+                token: Secret::new("gate-token"),
+            },
+        );
+        let m = Arc::new(Oauth2Metrics::default());
+        let client = IntrospectionClient::new(&cfg, m).unwrap();
+        assert!(!format!("{client:?}").contains("gate-token"));
+        assert!(matches!(
+            client.introspect("t").await,
+            Ok(Introspected::Active(_))
+        ));
+    }
+}
