@@ -1,4 +1,4 @@
-# Shared by scripts/kratos.sh, scripts/oathkeeper.sh and scripts/grpcurl.sh (sourced, not run):
+# Shared by scripts/kratos.sh, scripts/hydra.sh, scripts/oathkeeper.sh and scripts/grpcurl.sh (sourced, not run):
 # building a pinned Go tool from the Go module proxy into a per-version cache, once.
 # The sourcing script defines `log` (its own message prefix).
 

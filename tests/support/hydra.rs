@@ -2,7 +2,8 @@
 //!
 //! `HydraHarness::start()` builds or reuses the cached hydra binary (`scripts/hydra.sh build`),
 //! serves an in-memory instance (`DSN=memory`) on two free loopback ports with
-//! `tests/hydra/hydra.yml`, waits for `/health/ready`, and kills and reaps it on drop (or on
+//! `tests/hydra/hydra.yml`, waits for `/health/ready` and for its signing keys (generated on the
+//! first JWKS request), and kills and reaps it on drop (or on
 //! [`HydraHarness::kill`]). Helpers drive the admin and public APIs: OAuth2 clients with either
 //! access-token strategy (per-client `access_token_strategy`), client_credentials tokens,
 //! introspection, revocation, JWKS, per-client token lifespans and signing-key rotation.
@@ -178,6 +179,9 @@ impl HydraHarness {
                     matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success());
             }
             if ready {
+                // Hydra generates its RSA-4096 signing keys on the first JWKS request (about
+                // 2 s, more on a busy machine): do it here, not inside a test's deadline.
+                self.jwks().await.context("warming up Hydra's key sets")?;
                 return Ok(());
             }
             if Instant::now() >= deadline {
