@@ -442,11 +442,10 @@ mod tests {
     /// A JWKS server serving `body` at /jwks (and discovery at the well-known path).
     async fn jwks_server(body: String) -> Server {
         let body = Arc::new(Mutex::new(body));
-        let s = Server::start(Arc::new(move |_: &str, _: Option<&str>, _: &[u8]| {
+        Server::start(Arc::new(move |_: &str, _: Option<&str>, _: &[u8]| {
             (200, lock(&body).clone())
         }))
-        .await;
-        s
+        .await
     }
 
     fn serve_jwks(s: &Server, body: String) {
