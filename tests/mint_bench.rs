@@ -138,7 +138,10 @@ fn mint_ours_vs_jsonwebtoken() {
             jsonwebtoken::EncodingKey::from_ed_der(ed.as_ref()),
         ),
     ];
-    println!("{:<6} {:>16} {:>16} {:>16}", "alg", "minter ns/op", "ours ns/op", "jsonwebtoken ns/op");
+    println!(
+        "{:<6} {:>16} {:>16} {:>16}",
+        "alg", "minter ns/op", "ours ns/op", "jsonwebtoken ns/op"
+    );
     for (name, pkcs8, alg, enc) in cases {
         let pem = pem_file(&pkcs8);
         let keys = KeySet::from_pem_file(pem.path()).unwrap();
