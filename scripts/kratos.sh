@@ -31,6 +31,8 @@ READY_TIMEOUT="${KRATOS_READY_TIMEOUT:-60}"
 log() { echo "kratos.sh: $*" >&2; }
 # shellcheck source=lib/gobuild.sh
 source "$REPO_ROOT/scripts/lib/gobuild.sh"
+# shellcheck source=lib/daemon.sh
+source "$REPO_ROOT/scripts/lib/daemon.sh"
 
 cmd_build() {
   gobuild_cached kratos "$BIN" "${SESSIONGATE_KRATOS_BIN:-}" && return 0
@@ -51,12 +53,8 @@ cmd_build() {
   gobuild_cleanup "$work"
 }
 
-is_running() {
-  [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
-}
-
 cmd_start() {
-  if is_running; then
+  if daemon_is_running "$PID_FILE"; then
     log "already running (pid $(cat "$PID_FILE"))"; exit 1
   fi
   local bin
@@ -78,37 +76,16 @@ cmd_start() {
   log "starting kratos (log: $RUN_DIR/kratos.log)"
   nohup "$bin" serve --config "$CONFIG" --dev --sqa-opt-out >"$RUN_DIR/kratos.log" 2>&1 &
   echo $! >"$PID_FILE"
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  until curl -fsSL "http://127.0.0.1:$ADMIN_PORT/health/ready" >/dev/null 2>&1; do
-    if ! is_running; then log "kratos exited:"; tail -n 30 "$RUN_DIR/kratos.log" >&2; rm -f "$PID_FILE"; exit 1; fi
-    if (( SECONDS >= deadline )); then log "not ready after ${READY_TIMEOUT}s"; tail -n 30 "$RUN_DIR/kratos.log" >&2; cmd_stop; exit 1; fi
-    sleep 0.2
-  done
+  daemon_wait_ready "$PID_FILE" "http://127.0.0.1:$ADMIN_PORT/health/ready" "$RUN_DIR/kratos.log" "$READY_TIMEOUT"
   echo "public: http://127.0.0.1:$PUBLIC_PORT"
   echo "admin:  http://127.0.0.1:$ADMIN_PORT"
   echo "pid:    $(cat "$PID_FILE") ($PID_FILE)"
 }
 
-cmd_stop() {
-  if ! [[ -f "$PID_FILE" ]]; then log "not running (no pid file)"; return 0; fi
-  local pid; pid="$(cat "$PID_FILE")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" || true
-    log "stopped pid $pid"
-  fi
-  rm -f "$PID_FILE"
-}
-
-cmd_status() {
-  if is_running; then echo "running (pid $(cat "$PID_FILE"))"; else echo "not running"; fi
-}
-
 case "${1:-}" in
   build) cmd_build ;;
   start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
+  stop) daemon_stop "$PID_FILE" ;;
+  status) daemon_status "$PID_FILE" ;;
   *) echo "usage: $0 {build|start|stop|status}" >&2; exit 2 ;;
 esac

@@ -33,6 +33,10 @@ fi
 if [ -x scripts/kratos.sh ]; then
   scripts/kratos.sh build >/dev/null
 fi
+# Real Ory Hydra (OAuth2 tokens, JWKS, introspection), built the same way (cached).
+if [ -x scripts/hydra.sh ]; then
+  scripts/hydra.sh build >/dev/null
+fi
 # grpcurl, the independent gRPC client of tests/grpcurl_e2e.rs (Go module proxy, cached).
 if [ -x scripts/grpcurl.sh ]; then
   scripts/grpcurl.sh build >/dev/null

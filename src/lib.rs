@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod grpc;
 pub mod headers;
 pub mod http;
+pub mod oauth2;
 pub mod session;
 pub mod telemetry;
 pub mod token;

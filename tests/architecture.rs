@@ -11,7 +11,8 @@ const LAYERS: &[&[&str]] = &[
     &["config", "headers"],
     &["telemetry"],
     &["credentials", "token"],
-    &["session"],
+    // Sources: Kratos sessions, and OAuth2 tokens (JWT issuers, introspection).
+    &["session", "oauth2"],
     &["authz"],
     &["admin"],
     // Generated protobuf types of our own admin API (in lib.rs).
@@ -24,6 +25,7 @@ const DOMAIN: &[&str] = &[
     "authz",
     "credentials",
     "session",
+    "oauth2",
     "token",
     "headers",
     "config",

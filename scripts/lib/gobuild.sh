@@ -1,5 +1,5 @@
-# Shared by scripts/kratos.sh, oathkeeper.sh, grpcurl.sh, helm.sh, envoy-validate.sh and
-# validate-helm.sh (sourced, not run):
+# Shared by scripts/kratos.sh, hydra.sh, oathkeeper.sh, grpcurl.sh, helm.sh, envoy-validate.sh
+# and validate-helm.sh (sourced, not run):
 # building a pinned Go tool from the Go module proxy into a per-version cache, once.
 # The sourcing script defines `log` (its own message prefix).
 
