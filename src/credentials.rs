@@ -151,9 +151,12 @@ impl Extractor {
         if self.bearer
             && let Some(v) = headers.get("authorization")
             && let Some(token) = bearer_token(v)
-            // A JWT (ours, replayed, or another issuer's) is never a Kratos session token: do not
-            // spend a whoami call on it.
-            && token.bytes().filter(|&b| b == b'.').count() != 2
+            // A JWT (ours, replayed, or another issuer's) or a Hydra access token is never a
+            // Kratos session token: never sent to whoami.
+            && matches!(
+                bearer_shape(token),
+                BearerShape::KratosSession | BearerShape::Opaque
+            )
         {
             return self.check(CredentialKind::Bearer, None, token);
         }
@@ -214,6 +217,34 @@ pub enum CookieRewrite {
     Remove,
     /// Set the header to this value (the other cookies, joined by `; `).
     Replace(String),
+}
+
+/// What a bearer token looks like, which decides the one source it may be sent to: a Hydra
+/// token never reaches Kratos' whoami, a Kratos token never reaches introspection, a JWT is
+/// verified locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerShape {
+    /// Three base64url parts: a JWT.
+    Jwt,
+    /// `ory_st_…`: a Kratos session token.
+    KratosSession,
+    /// `ory_at_…`: an Ory Hydra (OAuth2) access token.
+    OAuth2Access,
+    /// Anything else: opaque.
+    Opaque,
+}
+
+/// The shape of a bearer token.
+pub fn bearer_shape(token: &str) -> BearerShape {
+    if token.starts_with("ory_st_") {
+        BearerShape::KratosSession
+    } else if token.starts_with("ory_at_") {
+        BearerShape::OAuth2Access
+    } else if token.bytes().filter(|&b| b == b'.').count() == 2 {
+        BearerShape::Jwt
+    } else {
+        BearerShape::Opaque
+    }
 }
 
 /// `Bearer <token>` → token: the one Bearer parser, for credentials and the admin token alike.
@@ -357,6 +388,16 @@ mod tests {
     fn jwt_bearer_is_not_a_session_token() {
         let h = headers(&[("authorization", "Bearer aaa.bbb.ccc")]);
         assert_eq!(extractor().extract(&h), Err(CredentialError::Missing));
+        let h = headers(&[("authorization", "Bearer ory_at_abc.def")]);
+        assert_eq!(
+            extractor().extract(&h),
+            Err(CredentialError::Missing),
+            "Hydra's"
+        );
+        assert_eq!(bearer_shape("ory_st_x"), BearerShape::KratosSession);
+        assert_eq!(bearer_shape("ory_at_x.y"), BearerShape::OAuth2Access);
+        assert_eq!(bearer_shape("a.b.c"), BearerShape::Jwt);
+        assert_eq!(bearer_shape("abc"), BearerShape::Opaque);
         let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
         assert_eq!(extractor().extract(&h), Err(CredentialError::Missing));
     }

@@ -117,7 +117,14 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Arc<Metrics> {
+        Self::with_extra(|_| {})
+    }
+
+    /// Like [`Metrics::new`], letting other parts (the OAuth2 sources) register theirs in the
+    /// same registry.
+    pub fn with_extra(extra: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("sessiongate");
+        extra(&mut registry);
         let m = Metrics {
             decisions: Family::default(),
             check_duration: Family::new_with_constructor(latency_histogram),

@@ -75,7 +75,15 @@ fn authorizer(n: usize) -> Authorizer {
         Duration::from_secs(1),
     ));
     let table = sessiongate::app::compile_routes(&config.routes).unwrap();
-    Authorizer::new(&config, table, Default::default(), cache, minter, metrics)
+    Authorizer::new(
+        &config,
+        table,
+        Default::default(),
+        Default::default(),
+        cache,
+        minter,
+        metrics,
+    )
 }
 
 fn request(n: usize) -> Request {

@@ -180,8 +180,9 @@ fn mint_ours_vs_jsonwebtoken() {
             generation += 1;
             let p = Principal {
                 subject: SUB,
-                session_id: SID,
-                aal: "aal1",
+                session_id: Some(SID),
+                aal: Some("aal1"),
+                auth_method: "session",
                 expires_at,
                 extra_claims: r#""email":"a@example.com""#,
                 generation,

@@ -520,7 +520,15 @@ fn authorizer() -> &'static (tokio::runtime::Runtime, Authorizer) {
                 Duration::from_secs(1),
             ));
             let routes = sessiongate::app::compile_routes(&config.routes).unwrap();
-            Authorizer::new(&config, routes, Default::default(), cache, minter, metrics)
+            Authorizer::new(
+                &config,
+                routes,
+                Default::default(),
+                Default::default(),
+                cache,
+                minter,
+                metrics,
+            )
         };
         (rt, authorizer)
     })

@@ -35,6 +35,8 @@ pub struct Handles {
     pub cache: Arc<SessionCache>,
     /// The minter (JWKS, key rotation).
     pub minter: Arc<Minter>,
+    /// The OAuth2 introspection cache, when configured (invalidation by subject or client).
+    pub introspection: Option<Arc<crate::oauth2::IntrospectionCache>>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness latch.
@@ -65,6 +67,38 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// The JWT issuers and the introspection cache from `jwt_issuers:` / `oauth2_introspection:`.
+fn token_sources(
+    config: &Config,
+    metrics: &Arc<crate::oauth2::Oauth2Metrics>,
+) -> anyhow::Result<crate::authz::TokenSources> {
+    let key_secret = config.cache.key_secret.as_deref();
+    let jwks = crate::oauth2::JwksClient::new(metrics.clone(), config.whoami.connect_timeout);
+    let mut issuers = std::collections::HashMap::new();
+    for (i, c) in config.jwt_issuers.iter().enumerate() {
+        let issuer = crate::oauth2::JwtIssuer::new(c.clone(), jwks.clone(), key_secret)
+            .map_err(|e| anyhow::anyhow!("jwt_issuers[{i}]: {e}"))?;
+        issuers.insert(c.issuer.clone(), Arc::new(issuer));
+    }
+    let introspection = match &config.oauth2_introspection {
+        Some(c) => Some(Arc::new(
+            crate::oauth2::IntrospectionCache::from_config(c, metrics.clone(), key_secret)
+                .map_err(|e| anyhow::anyhow!("oauth2_introspection: {e}"))?,
+        )),
+        None => None,
+    };
+    Ok(crate::authz::TokenSources {
+        issuers,
+        introspection,
+        identity_headers: config
+            .upstream
+            .token_identity_headers
+            .iter()
+            .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
+            .collect(),
+    })
+}
+
 /// Compiles `routes:`; every problem names its field and the fix, like `Config::validate`.
 pub fn compile_routes(
     routes: &crate::config::RoutesConfig,
@@ -87,7 +121,10 @@ impl App {
     /// Validates the configuration, builds every part and binds both listeners.
     pub async fn bind(config: Config) -> anyhow::Result<App> {
         config.validate()?;
-        let metrics = Metrics::new();
+        let oauth2_metrics = Arc::new(crate::oauth2::Oauth2Metrics::default());
+        let metrics = Metrics::with_extra(|r| oauth2_metrics.register(r));
+        let tokens = token_sources(&config, &oauth2_metrics)?;
+        let introspection = tokens.introspection.clone();
         let keys = crate::token::load_keys(&config.jwt)?;
         let minter = Arc::new(Minter::new(
             &config.jwt,
@@ -156,6 +193,7 @@ impl App {
             &config,
             routes,
             facts,
+            tokens,
             cache.clone(),
             minter.clone(),
             metrics.clone(),
@@ -190,6 +228,7 @@ impl App {
                 authorizer,
                 cache,
                 minter,
+                introspection,
                 metrics,
                 readiness: Readiness::default(),
             },

@@ -8,8 +8,11 @@ use arc_swap::ArcSwap;
 use super::deny::DenyShaper;
 use super::routes::{self, Policy, RouteTable};
 use super::{Allow, Decision, Deny, Reason, Request};
+use crate::config::CredentialKind;
 use crate::config::{ClientMaxAge, Config, LogoutConfig, LogoutScope};
-use crate::credentials::{CookieRewrite, Credential, CredentialError, Extractor};
+use crate::credentials::{
+    BearerShape, CookieRewrite, Credential, CredentialError, Extractor, bearer_shape, bearer_token,
+};
 use crate::session::cache::{Freshness, SessionCache};
 use crate::session::{Aal, LookupContext, Outcome, Session, UpstreamError};
 use crate::telemetry::{Metrics, ResultLabel};
@@ -36,15 +39,19 @@ pub struct Authorizer {
     facts: Arc<ArcSwap<Vec<Arc<str>>>>,
     /// Metric label of decisions taken before a rule was chosen.
     no_rule: Arc<str>,
+    /// JWT issuers and introspection, for routes accepting `jwt` / `oauth2` credentials.
+    tokens: super::tokens::TokenSources,
+    /// Longest accepted credential (bearer tokens included).
+    max_credential_length: usize,
 }
 
 /// The policy of one request: the rule, with Envoy's older per-route keys on top.
-struct Effective<'a> {
-    policy: &'a Policy,
-    anonymous: bool,
-    audience: Option<&'a str>,
-    aal: Option<Aal>,
-    client_max_age: bool,
+pub(super) struct Effective<'a> {
+    pub(super) policy: &'a Policy,
+    pub(super) anonymous: bool,
+    pub(super) audience: Option<&'a str>,
+    pub(super) aal: Option<Aal>,
+    pub(super) client_max_age: bool,
 }
 
 /// What a check learned besides the decision (for logout awareness).
@@ -67,6 +74,7 @@ impl Authorizer {
         config: &Config,
         routes: RouteTable,
         facts: Arc<ArcSwap<Vec<Arc<str>>>>,
+        tokens: super::tokens::TokenSources,
         cache: Arc<SessionCache>,
         minter: Arc<Minter>,
         metrics: Arc<Metrics>,
@@ -115,6 +123,8 @@ impl Authorizer {
             routes: ArcSwap::from_pointee(routes),
             facts,
             no_rule: "none".into(),
+            tokens,
+            max_credential_length: config.credentials.max_length,
         }
     }
 
@@ -242,18 +252,57 @@ impl Authorizer {
         if route.policy.deny {
             return Decision::Deny(self.shaper.forbidden(Reason::NoRoute));
         }
-        let credential = match self.extractor.extract(&req.headers) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = match e {
-                    CredentialError::Missing => Reason::NoCredential,
-                    CredentialError::TooLong => Reason::CredentialTooLong,
-                    CredentialError::Malformed => Reason::CredentialMalformed,
-                    CredentialError::Ambiguous => Reason::CredentialAmbiguous,
-                };
-                return self.anonymous_or(req, route, || self.shaper.unauthenticated(req, reason));
+        let accepts = |k: CredentialKind| route.policy.credentials.contains(&k);
+        // Kratos' order first (X-Session-Token, cookie, Bearer session token), then a bearer
+        // token of the other kinds the route accepts, told apart by shape: one kind's token never
+        // reaches another kind's upstream.
+        if accepts(CredentialKind::Session) {
+            match self.extractor.extract(&req.headers) {
+                Ok(credential) => return self.decide_session(req, route, credential, seen).await,
+                Err(CredentialError::Missing) => {}
+                Err(e) => {
+                    let reason = match e {
+                        CredentialError::Missing => Reason::NoCredential,
+                        CredentialError::TooLong => Reason::CredentialTooLong,
+                        CredentialError::Malformed => Reason::CredentialMalformed,
+                        CredentialError::Ambiguous => Reason::CredentialAmbiguous,
+                    };
+                    return self
+                        .anonymous_or(req, route, || self.shaper.unauthenticated(req, reason));
+                }
             }
-        };
+        }
+        if let Some(token) = req.headers.get("authorization").and_then(bearer_token) {
+            let kind = match bearer_shape(token) {
+                BearerShape::Jwt if accepts(CredentialKind::Jwt) => Some(CredentialKind::Jwt),
+                BearerShape::OAuth2Access | BearerShape::Opaque
+                    if accepts(CredentialKind::Oauth2) =>
+                {
+                    Some(CredentialKind::Oauth2)
+                }
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                return self.decide_token(req, route, kind, token).await;
+            }
+            if !accepts(CredentialKind::Session) {
+                return self.anonymous_or(req, route, || {
+                    self.shaper.invalid_token(Reason::InvalidToken)
+                });
+            }
+        }
+        self.anonymous_or(req, route, || {
+            self.shaper.unauthenticated(req, Reason::NoCredential)
+        })
+    }
+
+    async fn decide_session(
+        &self,
+        req: &Request,
+        route: &Effective<'_>,
+        credential: Credential,
+        seen: &mut Seen,
+    ) -> Decision {
         // Passed on to Kratos only when short and printable: a client controls these headers.
         let propagate = |name: &str, max: usize| {
             req.headers
@@ -378,7 +427,7 @@ impl Authorizer {
         });
     }
 
-    fn anonymous_or(
+    pub(super) fn anonymous_or(
         &self,
         req: &Request,
         route: &Effective<'_>,
@@ -393,7 +442,7 @@ impl Authorizer {
 
     /// Header removals common to every allow: spoofable identity headers, configured headers,
     /// the session token header and the session cookie.
-    fn base_allow(&self, req: &Request, reason: Reason, route: &Effective<'_>) -> Allow {
+    pub(super) fn base_allow(&self, req: &Request, reason: Reason, route: &Effective<'_>) -> Allow {
         let mut allow = Allow {
             set: Vec::with_capacity(2 + self.identity_headers.len()),
             remove: self.always_remove.clone(),
@@ -417,27 +466,58 @@ impl Authorizer {
         Decision::Allow(allow)
     }
 
+    /// An allow carrying our minted token for `principal` (the common part of every
+    /// authenticated allow), or the denial when no token can be minted.
+    pub(super) fn mint_allow(
+        &self,
+        req: &Request,
+        route: &Effective<'_>,
+        principal: &Principal<'_>,
+    ) -> Result<Allow, Deny> {
+        let token = self
+            .minter
+            .header_value(principal, route.audience)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot mint token; denying");
+                self.shaper
+                    .internal(Reason::Internal, "the upstream token could not be issued")
+            })?;
+        let mut allow = self.base_allow(req, Reason::Authenticated, route);
+        allow.set.push((self.token_header.clone(), token));
+        Ok(allow)
+    }
+
+    pub(super) fn max_credential_length(&self) -> usize {
+        self.max_credential_length
+    }
+
+    pub(super) fn token_sources(&self) -> &super::tokens::TokenSources {
+        &self.tokens
+    }
+
+    pub(super) fn shaper(&self) -> &DenyShaper {
+        &self.shaper
+    }
+
+    /// Identity header names: set from the credential's identity or removed.
+    pub(super) fn identity_header_names(&self) -> &[Arc<str>] {
+        &self.identity_headers
+    }
+
     fn allow_session(&self, req: &Request, route: &Effective<'_>, session: &Session) -> Decision {
         let principal = Principal {
             subject: &session.identity_id,
-            session_id: &session.id,
-            aal: session.aal.as_str(),
+            session_id: Some(&session.id),
+            aal: Some(session.aal.as_str()),
+            auth_method: "session",
             expires_at: session.expires_at,
             extra_claims: &session.extra_claims,
             generation: session.generation,
         };
-        let token = match self.minter.header_value(&principal, route.audience) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot mint token; denying");
-                return Decision::Deny(
-                    self.shaper
-                        .internal(Reason::Internal, "the upstream token could not be issued"),
-                );
-            }
+        let mut allow = match self.mint_allow(req, route, &principal) {
+            Ok(allow) => allow,
+            Err(deny) => return Decision::Deny(deny),
         };
-        let mut allow = self.base_allow(req, Reason::Authenticated, route);
-        allow.set.push((self.token_header.clone(), token));
         allow.metadata.extend([
             ("identity_id", Arc::from(session.identity_id.as_str())),
             ("session_id", Arc::from(session.id.as_str())),

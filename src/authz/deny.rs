@@ -17,7 +17,7 @@ const MAX_RETURN_TO: usize = 2048;
 
 /// Shapes denials from configuration.
 #[derive(Debug, Clone)]
-pub(super) struct DenyShaper {
+pub struct DenyShaper {
     pub login_url: Option<String>,
     pub return_to_param: String,
     pub kratos_browser_url: String,
@@ -173,6 +173,55 @@ impl DenyShaper {
                 Some(("redirect_browser_to", &target)),
             ),
             reason: Reason::StepUpRequired,
+        }
+    }
+
+    /// A bearer access token that is not valid: 401 with `WWW-Authenticate: Bearer
+    /// error="invalid_token"` (RFC 6750 §3.1). Never says why (expired, bad signature…): that is
+    /// in the metrics.
+    pub fn invalid_token(&self, reason: Reason) -> Deny {
+        let mut headers = json_headers();
+        headers.push((
+            "www-authenticate",
+            format!("{}, error=\"invalid_token\"", self.www_authenticate),
+        ));
+        Deny {
+            status: 401,
+            headers,
+            body: json_body(
+                401,
+                "Unauthorized",
+                "invalid_token",
+                "the access token is not valid",
+                None,
+            ),
+            reason,
+        }
+    }
+
+    /// A valid access token without the scopes this route needs: 403 with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"` (and the scopes, from config).
+    pub fn insufficient_scope(&self, scopes: &[String]) -> Deny {
+        let mut challenge = format!("{}, error=\"insufficient_scope\"", self.www_authenticate);
+        if !scopes.is_empty() {
+            challenge.push_str(&format!(
+                ", scope=\"{}\"",
+                scopes.join(" ").replace('"', "")
+            ));
+        }
+        let mut headers = json_headers();
+        headers.push(("www-authenticate", challenge));
+        Deny {
+            status: 403,
+            headers,
+            body: json_body(
+                403,
+                "Forbidden",
+                "insufficient_scope",
+                "the access token lacks a scope this route requires",
+                None,
+            ),
+            reason: Reason::InsufficientScope,
         }
     }
 

@@ -5,6 +5,9 @@
 mod authorizer;
 mod deny;
 pub mod routes;
+mod tokens;
+
+pub use tokens::TokenSources;
 
 use std::sync::Arc;
 
@@ -205,6 +208,10 @@ pub enum Reason {
     UnknownRule,
     /// The path cannot be matched safely (encoded slash, malformed encoding).
     BadPath,
+    /// A bearer access token that is not valid (RFC 6750 `invalid_token`).
+    InvalidToken,
+    /// A valid access token without a scope the route needs (`insufficient_scope`).
+    InsufficientScope,
 }
 
 impl Reason {
@@ -230,6 +237,8 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::UnknownRule => "unknown_rule",
             Reason::BadPath => "bad_path",
+            Reason::InvalidToken => "invalid_token",
+            Reason::InsufficientScope => "insufficient_scope",
         }
     }
 }

@@ -14,12 +14,16 @@ use serde::{Deserialize, Serialize};
 
 mod cidr;
 mod load;
+mod oauth2;
 mod routes;
 mod validate;
 
 pub use cidr::Cidr;
 pub use load::{ConfigError, Problem};
-pub use routes::{DefaultPolicy, MatchConfig, RequirementConfig, RoutesConfig, RuleConfig};
+pub use oauth2::{ClientAuth, IntrospectionConfig, JwtIssuerConfig, Secret};
+pub use routes::{
+    CredentialKind, DefaultPolicy, MatchConfig, RequirementConfig, RoutesConfig, RuleConfig,
+};
 pub use validate::is_cookie_name;
 
 /// The whole configuration of one sessiongate process.
@@ -58,6 +62,11 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Route rules: which policy each request gets.
     pub routes: RoutesConfig,
+    /// Trusted issuers of JWT access tokens (routes accepting `jwt` credentials).
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// An RFC 7662 introspection endpoint for opaque OAuth2 access tokens (routes accepting
+    /// `oauth2` credentials). Unset: off.
+    pub oauth2_introspection: Option<IntrospectionConfig>,
 }
 
 /// Optional Redis for many replicas: one server (`url`) or a Sentinel-managed master
@@ -466,6 +475,10 @@ pub struct UpstreamConfig {
     pub strip_session_token: bool,
     /// Identity headers: header name → JSON pointer into the session. Always overwritten or removed.
     pub identity_headers: BTreeMap<String, String>,
+    /// For `jwt` / `oauth2` credentials: identity header name → JSON pointer into the verified
+    /// claims or introspection answer (e.g. `x-user-id: /sub`). An identity header without an
+    /// entry here is removed on those requests.
+    pub token_identity_headers: BTreeMap<String, String>,
     /// More headers a client must never be able to send upstream; removed on every request.
     pub remove_headers: Vec<String>,
 }
@@ -666,6 +679,7 @@ impl Default for UpstreamConfig {
             strip_session_cookie: true,
             strip_session_token: true,
             identity_headers: BTreeMap::new(),
+            token_identity_headers: BTreeMap::new(),
             remove_headers: vec![],
         }
     }

@@ -13,6 +13,8 @@ pub struct RoutesConfig {
     pub default: DefaultPolicy,
     /// Rules, first match wins.
     pub rules: Vec<RuleConfig>,
+    /// Credentials accepted where a rule does not say (and by `default`): `[session]`.
+    pub credentials: Vec<CredentialKind>,
     /// How often the config file is checked for changed rules (also re-read on SIGHUP);
     /// `0s`: on SIGHUP only.
     #[serde(with = "humantime_serde")]
@@ -24,6 +26,7 @@ impl Default for RoutesConfig {
         RoutesConfig {
             default: DefaultPolicy::Session,
             rules: Vec::new(),
+            credentials: vec![CredentialKind::Session],
             reload_interval: Duration::from_secs(5),
         }
     }
@@ -65,6 +68,22 @@ pub struct RuleConfig {
     pub max_auth_age: Option<Duration>,
     /// Honour the client's `Cache-Control: max-age` here (with `cache.client_max_age: route`).
     pub client_max_age: bool,
+    /// Which credentials this route accepts (default: a Kratos session only).
+    pub credentials: Vec<CredentialKind>,
+    /// OAuth2 scopes a `jwt` or `oauth2` credential must carry here (403 `insufficient_scope`).
+    pub scopes: Vec<String>,
+}
+
+/// A kind of credential a route accepts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// A Kratos session: cookie, `X-Session-Token`, or a Bearer session token.
+    Session,
+    /// A JWT access token from a configured `jwt_issuers` entry (`Authorization: Bearer`).
+    Jwt,
+    /// An opaque OAuth2 access token, introspected (`Authorization: Bearer`).
+    Oauth2,
 }
 
 /// What a rule matches. An empty list matches anything.

@@ -50,6 +50,7 @@ impl Config {
             deny,
             telemetry,
             shutdown,
+            oauth2,
         ] {
             section(self, &mut r);
         }
@@ -609,6 +610,79 @@ fn telemetry(c: &Config, r: &mut Report) {
     }
     if c.tracing.enabled {
         check_url(&c.tracing.otlp_endpoint, "tracing.otlp_endpoint", r);
+    }
+}
+
+/// The OAuth2 token sources, and the routes that need them.
+fn oauth2(c: &Config, r: &mut Report) {
+    for (i, issuer) in c.jwt_issuers.iter().enumerate() {
+        if let Err(e) = issuer.validate() {
+            r.add(
+                &format!("jwt_issuers[{i}]"),
+                e,
+                "give issuer, audiences and an https jwks_url (or one discoverable from the issuer)",
+            );
+        }
+        if c.jwt_issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
+            r.add(
+                &format!("jwt_issuers[{i}].issuer"),
+                format!("{:?} is listed twice", issuer.issuer),
+                "list every issuer once",
+            );
+        }
+    }
+    if let Some(intro) = &c.oauth2_introspection
+        && let Err(e) = intro.validate()
+    {
+        r.add(
+            "oauth2_introspection",
+            e,
+            "set url to the introspection endpoint (Hydra: <admin>/admin/oauth2/introspect)",
+        );
+    }
+    let needs = |field: String, kinds: &[super::CredentialKind], r: &mut Report| {
+        if kinds.contains(&super::CredentialKind::Jwt) && c.jwt_issuers.is_empty() {
+            r.add(
+                &field,
+                "accepts jwt but jwt_issuers is empty".into(),
+                "add a jwt_issuers entry, or remove jwt",
+            );
+        }
+        if kinds.contains(&super::CredentialKind::Oauth2) && c.oauth2_introspection.is_none() {
+            r.add(
+                &field,
+                "accepts oauth2 but oauth2_introspection is not set".into(),
+                "configure oauth2_introspection, or remove oauth2",
+            );
+        }
+        if kinds.is_empty() {
+            r.add(
+                &field,
+                "accepts no credential".into(),
+                "list at least one of session, jwt, oauth2",
+            );
+        }
+    };
+    needs("routes.credentials".into(), &c.routes.credentials, r);
+    for (i, rule) in c.routes.rules.iter().enumerate() {
+        if !rule.credentials.is_empty() {
+            needs(
+                format!("routes.rules[{i}].credentials"),
+                &rule.credentials,
+                r,
+            );
+        }
+    }
+    for (header, pointer) in &c.upstream.token_identity_headers {
+        let field = format!("upstream.token_identity_headers.{header}");
+        if !c.upstream.identity_headers.contains_key(header) {
+            r.add(
+                &field,
+                format!("{header:?} is not in upstream.identity_headers"),
+                "list the header in upstream.identity_headers too (so clients can never send it)",
+            );
+        }
+        check_pointer(pointer, &field, r);
     }
 }
 

@@ -18,10 +18,10 @@ use moka::Expiry;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::config::{ClientAuth, IntrospectionConfig};
 use super::fetch::{self, FetchError};
 use super::metrics::Oauth2Metrics;
 use super::{Outcome, Rejection, SourceError, TokenHasher, TokenPrincipal, lock};
+use crate::config::{ClientAuth, IntrospectionConfig};
 use crate::telemetry::{ResultLabel, StatusLabel};
 
 /// Longest token sent for introspection; longer is rejected as malformed without a call.

@@ -16,11 +16,11 @@ use moka::Expiry;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::config::JwtIssuerConfig;
 use super::fetch;
 use super::jwks::{FetchPolicy, JwksClient, KeyMatch, KeySet, Want};
 use super::metrics::IssuerResultLabels;
 use super::{Outcome, Rejection, SourceError, TokenHasher, TokenPrincipal, lock};
+use crate::config::JwtIssuerConfig;
 
 /// Longest token looked at; longer is malformed (and never hashed or parsed).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -3,7 +3,6 @@
 //! introspection endpoint ([`introspection`]). Both answer with a [`TokenPrincipal`] or say why
 //! not; both sit behind a cache keyed by a keyed hash of the token, never the token itself.
 
-pub mod config;
 mod fetch;
 pub mod introspection;
 pub mod jwks;
@@ -16,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-pub use config::{ClientAuth, IntrospectionConfig, JwtIssuerConfig, Secret};
+pub use crate::config::{ClientAuth, IntrospectionConfig, JwtIssuerConfig, Secret};
 pub use introspection::{IntrospectionCache, IntrospectionClient};
 pub use jwks::JwksClient;
 pub use jwt::JwtIssuer;

@@ -44,10 +44,12 @@ impl std::fmt::Debug for Minted {
 pub struct Principal<'a> {
     /// `sub`: the identity.
     pub subject: &'a str,
-    /// `sid`: the session.
-    pub session_id: &'a str,
-    /// `aal`: Kratos' spelling of the assurance level.
-    pub aal: &'a str,
+    /// `sid`: the Kratos session, for session credentials.
+    pub session_id: Option<&'a str>,
+    /// `aal`: Kratos' spelling of the assurance level, for session credentials.
+    pub aal: Option<&'a str>,
+    /// `auth_method`: `session`, `jwt` or `oauth2`.
+    pub auth_method: &'static str,
     /// The token never outlives this.
     pub expires_at: SystemTime,
     /// Configured extra claims, pre-serialised as `"name":value` pairs joined by `,`.
@@ -263,12 +265,20 @@ impl Minter {
             claims.push_str(&aud);
         }
         claims.push_str(&format!(
-            ",\"iat\":{iat},\"nbf\":{iat},\"exp\":{exp},\"jti\":\"{}\",\"sid\":",
+            ",\"iat\":{iat},\"nbf\":{iat},\"exp\":{exp},\"jti\":\"{}\"",
             uuid::Uuid::new_v4()
         ));
-        claims.push_str(&serde_json::to_string(principal.session_id).unwrap_or_default());
-        claims.push_str(",\"aal\":");
-        claims.push_str(&serde_json::to_string(principal.aal).unwrap_or_default());
+        if let Some(sid) = principal.session_id {
+            claims.push_str(",\"sid\":");
+            claims.push_str(&serde_json::to_string(sid).unwrap_or_default());
+        }
+        if let Some(aal) = principal.aal {
+            claims.push_str(",\"aal\":");
+            claims.push_str(&serde_json::to_string(aal).unwrap_or_default());
+        }
+        claims.push_str(",\"auth_method\":\"");
+        claims.push_str(principal.auth_method);
+        claims.push('"');
         if !principal.extra_claims.is_empty() {
             claims.push(',');
             claims.push_str(principal.extra_claims);
@@ -314,8 +324,9 @@ mod tests {
     fn session(expires_in: u64) -> Principal<'static> {
         Principal {
             subject: "id-1",
-            session_id: "sid-1",
-            aal: "aal1",
+            session_id: Some("sid-1"),
+            aal: Some("aal1"),
+            auth_method: "session",
             expires_at: SystemTime::now() + Duration::from_secs(expires_in),
             extra_claims: r#""email":"a@b.c""#,
             // Each call stands for a new answer of the source.

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use path::{PathError, PathPattern, PatternError, normalise};
 pub use predicate::{Requirement, RequirementError};
 
-use crate::config::{DefaultPolicy, RoutesConfig, RuleConfig};
+use crate::config::{CredentialKind, DefaultPolicy, RoutesConfig, RuleConfig};
 use crate::session::Aal;
 
 /// What a route requires and grants.
@@ -36,11 +36,15 @@ pub struct Policy {
     pub require: Arc<[Requirement]>,
     /// `authenticated_at` must be younger than this.
     pub max_auth_age: Option<Duration>,
+    /// Which credentials the route accepts.
+    pub credentials: Arc<[CredentialKind]>,
+    /// OAuth2 scopes a `jwt` / `oauth2` credential must carry.
+    pub scopes: Arc<[String]>,
 }
 
 impl Policy {
     /// The policy of requests no rule matches.
-    pub fn default_for(default: DefaultPolicy) -> Policy {
+    pub fn default_for(default: DefaultPolicy, credentials: &[CredentialKind]) -> Policy {
         Policy {
             name: "default".into(),
             deny: default == DefaultPolicy::Deny,
@@ -50,6 +54,8 @@ impl Policy {
             client_max_age: false,
             require: Arc::new([]),
             max_auth_age: None,
+            credentials: credentials.into(),
+            scopes: Arc::new([]),
         }
     }
 }
@@ -233,7 +239,7 @@ impl RouteTable {
         let mut pointers: Vec<Arc<str>> = Vec::new();
         for (i, rc) in config.rules.iter().enumerate() {
             let field = format!("routes.rules[{i}]");
-            if let Some(rule) = compile_rule(rc, &field, &mut errors) {
+            if let Some(rule) = compile_rule(rc, &config.credentials, &field, &mut errors) {
                 if by_name.insert(rc.name.as_str().into(), i).is_some() {
                     errors.push(RuleError {
                         field: format!("{field}.name"),
@@ -265,18 +271,19 @@ impl RouteTable {
             rules,
             by_name,
             index,
-            default: Policy::default_for(config.default),
+            default: Policy::default_for(config.default, &config.credentials),
             pointers,
         })
     }
 
     /// A table without rules (every request gets `default`).
     pub fn empty(default: DefaultPolicy) -> RouteTable {
+        let credentials = [CredentialKind::Session];
         RouteTable {
             rules: Vec::new(),
             by_name: HashMap::new(),
             index: PrefixNode::default(),
-            default: Policy::default_for(default),
+            default: Policy::default_for(default, &credentials),
             pointers: Vec::new(),
         }
     }
@@ -353,7 +360,12 @@ impl RouteTable {
     }
 }
 
-fn compile_rule(rc: &RuleConfig, field: &str, errors: &mut Vec<RuleError>) -> Option<Rule> {
+fn compile_rule(
+    rc: &RuleConfig,
+    default_credentials: &[CredentialKind],
+    field: &str,
+    errors: &mut Vec<RuleError>,
+) -> Option<Rule> {
     let before = errors.len();
     let mut err = |f: String, message: String, fix: &str| {
         errors.push(RuleError {
@@ -473,6 +485,12 @@ fn compile_rule(rc: &RuleConfig, field: &str, errors: &mut Vec<RuleError>) -> Op
             client_max_age: rc.client_max_age,
             require: require.into(),
             max_auth_age: rc.max_auth_age,
+            credentials: if rc.credentials.is_empty() {
+                default_credentials.into()
+            } else {
+                rc.credentials.as_slice().into()
+            },
+            scopes: rc.scopes.as_slice().into(),
         },
     })
 }

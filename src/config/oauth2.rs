@@ -1,6 +1,5 @@
-//! Configuration types of the OAuth2 token sources (JWT issuers, introspection), with their
-//! defaults and a `validate` per type. The lead hooks them into `Config`; they live here so the
-//! config module stays the route-rules owners' file.
+//! Configuration types of the OAuth2 token sources (`jwt_issuers:`, `oauth2_introspection:`),
+//! with their defaults and a `validate` per type (called from `Config::validate`).
 
 use std::fmt;
 use std::time::Duration;
