@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::credentials::bearer_token;
+use crate::oauth2::IntrospectionCache;
 use crate::session::cache::{BroadcastFailed, CacheStats, SessionCache};
 use crate::session::is_valid_id;
 
@@ -92,16 +93,55 @@ impl Via {
     }
 }
 
-/// Invalidation and stats over the session cache, with one validation and one log line each.
+/// Invalidation and stats over the session cache (and the OAuth2 introspection cache), with
+/// one validation and one log line each.
 #[derive(Debug, Clone)]
 pub struct Admin {
     cache: Arc<SessionCache>,
+    introspection: Option<Arc<IntrospectionCache>>,
+}
+
+/// Whose OAuth2 introspection answers to drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuth2Target<'a> {
+    /// The token's `sub`.
+    Subject(&'a str),
+    /// The token's `client_id`.
+    Client(&'a str),
 }
 
 impl Admin {
-    /// The admin operations over `cache`.
-    pub fn new(cache: Arc<SessionCache>) -> Admin {
-        Admin { cache }
+    /// The admin operations over `cache` and, when configured, the introspection cache.
+    pub fn new(cache: Arc<SessionCache>, introspection: Option<Arc<IntrospectionCache>>) -> Admin {
+        Admin {
+            cache,
+            introspection,
+        }
+    }
+
+    /// Drops this replica's cached introspection answers of one subject or client.
+    pub fn invalidate_oauth2(&self, target: OAuth2Target<'_>, via: Via) -> Result<u64, AdminError> {
+        let (field, id) = match target {
+            OAuth2Target::Subject(s) => ("subject", s),
+            OAuth2Target::Client(c) => ("client_id", c),
+        };
+        // OAuth2 subjects and client ids are not Kratos UUIDs: printable, bounded.
+        if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AdminError::BadId(BadId { field }));
+        }
+        let n = match (&self.introspection, target) {
+            (None, _) => 0,
+            (Some(c), OAuth2Target::Subject(s)) => c.invalidate_subject(s),
+            (Some(c), OAuth2Target::Client(id)) => c.invalidate_client(id),
+        } as u64;
+        tracing::info!(
+            via = via.as_str(),
+            what = field,
+            id,
+            invalidated = n,
+            "oauth2 answers invalidated"
+        );
+        Ok(n)
     }
 
     /// Drops every entry of one Kratos session (every replica, with Redis).

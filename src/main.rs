@@ -105,6 +105,12 @@ enum AdminCommand {
         /// Everything.
         #[arg(long, group = "what")]
         all: bool,
+        /// OAuth2 introspection answers of this token subject (`sub`).
+        #[arg(long, group = "what", value_name = "SUB")]
+        oauth2_subject: Option<String>,
+        /// OAuth2 introspection answers of this client (`client_id`).
+        #[arg(long, group = "what", value_name = "CLIENT_ID")]
+        oauth2_client: Option<String>,
     },
     /// Print cache figures.
     Stats,
@@ -261,7 +267,17 @@ fn admin(path: Option<&PathBuf>, args: &AdminArgs) -> ExitCode {
                 .await
                 .map(|r| format!("invalidated {} entries", r.into_inner().invalidated))
                 .map_err(status),
-            AdminCommand::Invalidate { .. } => Err("say what to invalidate: --session ID, --identity ID or --all".into()),
+            AdminCommand::Invalidate { oauth2_subject: Some(id), .. } => client
+                .invalidate_o_auth2(InvalidateOAuth2Request { subject: id.clone(), client_id: String::new() })
+                .await
+                .map(|r| format!("invalidated {} oauth2 answers of subject {id}", r.into_inner().invalidated))
+                .map_err(status),
+            AdminCommand::Invalidate { oauth2_client: Some(id), .. } => client
+                .invalidate_o_auth2(InvalidateOAuth2Request { subject: String::new(), client_id: id.clone() })
+                .await
+                .map(|r| format!("invalidated {} oauth2 answers of client {id}", r.into_inner().invalidated))
+                .map_err(status),
+            AdminCommand::Invalidate { .. } => Err("say what to invalidate: --session ID, --identity ID, --all, --oauth2-subject SUB or --oauth2-client ID".into()),
             AdminCommand::Stats => client
                 .cache_stats(CacheStatsRequest {})
                 .await

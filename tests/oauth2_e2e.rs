@@ -44,6 +44,7 @@ fn gate_config(kratos: &FakeKratos, h: &HydraHarness) -> Config {
     c.upstream
         .token_identity_headers
         .insert("x-user-id".into(), "/sub".into());
+    c.admin.token = Some("oauth2-e2e-admin-token".into());
     c.routes.rules = vec![
         rule("api", "/api/**", &[Session, Jwt, Oauth2], &[]),
         rule("writes", "/write/**", &[Jwt, Oauth2], &["write"]),
@@ -182,4 +183,37 @@ async fn session_jwt_and_opaque_tokens_side_by_side() {
         assert_eq!(denied(&r).0, 401, "{other}");
     }
     assert_eq!(kratos.calls(), 1, "still nothing else went to Kratos");
+
+    // Revoked at Hydra: the cached answer still allows until it is invalidated (admin API, by
+    // client id) — then the next check introspects again and is denied.
+    h.revoke(&opaque_client, &opaque).await.unwrap();
+    let calls = metric(&gate, "introspection_requests_total", "").await;
+    allowed(
+        &c.check(bearer_at(&opaque, "/api/x"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let mut admin = admin_client(gate.grpc, "oauth2-e2e-admin-token").await;
+    let n = admin
+        .invalidate_o_auth2(sessiongate::admin_pb::InvalidateOAuth2Request {
+            subject: String::new(),
+            client_id: "gate-opaque".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated;
+    assert_eq!(n, 1);
+    let r = c
+        .check(bearer_at(&opaque, "/api/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&r).0, 401, "revoked at Hydra");
+    assert_eq!(
+        metric(&gate, "introspection_requests_total", "").await,
+        calls + 1.0,
+        "introspected again"
+    );
 }

@@ -198,9 +198,12 @@ impl App {
             minter.clone(),
             metrics.clone(),
         ));
-        let admin = config
-            .admin_token()?
-            .map(|t| (AdminToken::new(&t), Admin::new(cache.clone())));
+        let admin = config.admin_token()?.map(|t| {
+            (
+                AdminToken::new(&t),
+                Admin::new(cache.clone(), introspection.clone()),
+            )
+        });
 
         let grpc_listener = TcpListener::bind(config.grpc.listen)
             .await

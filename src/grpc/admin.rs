@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::admin::{Admin, AdminError, AdminToken, Via};
+use crate::admin::{Admin, AdminError, AdminToken, OAuth2Target, Via};
 use crate::admin_pb::admin_server::Admin as AdminApi;
 use crate::admin_pb::{
     CacheStatsRequest, CacheStatsResponse, InvalidateAllRequest, InvalidateIdentityRequest,
-    InvalidateResponse, InvalidateSessionRequest,
+    InvalidateOAuth2Request, InvalidateResponse, InvalidateSessionRequest,
 };
 use crate::telemetry::{Metrics, ResultLabel};
 
@@ -92,6 +92,27 @@ impl AdminApi for AdminService {
         _: Request<InvalidateAllRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
         let invalidated = self.admin.invalidate_all(Via::Api).await.map_err(status)?;
+        Ok(Response::new(InvalidateResponse { invalidated }))
+    }
+
+    async fn invalidate_o_auth2(
+        &self,
+        request: Request<InvalidateOAuth2Request>,
+    ) -> Result<Response<InvalidateResponse>, Status> {
+        let r = request.into_inner();
+        let target = match (r.subject.is_empty(), r.client_id.is_empty()) {
+            (false, true) => OAuth2Target::Subject(&r.subject),
+            (true, false) => OAuth2Target::Client(&r.client_id),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of subject or client_id",
+                ));
+            }
+        };
+        let invalidated = self
+            .admin
+            .invalidate_oauth2(target, Via::Api)
+            .map_err(status)?;
         Ok(Response::new(InvalidateResponse { invalidated }))
     }
 
