@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh            # full run (~6-8 min on 2 cores), release build
 #   scripts/bench.sh --smoke    # every scenario with tiny sizes (< 60 s); asserts only that each ran
+#   BENCH_ONLY=rules scripts/bench.sh   # only route rules (1,000 vs none) and credential kinds
 #   scripts/bench.sh --soak     # soak: SOAK_MINUTES (default 10) at 50% of max throughput with
 #                               # churning sessions; RSS sampled every phase; fails on any error
 #   scripts/bench.sh --soak --smoke   # the soak with three 3-second phases
@@ -65,6 +66,9 @@ FK_FAST=$((P + 61)); FK_SLOW=$((P + 62)); FK_SPRAY=$((P + 63))
 KRATOS_PUB=$((P + 71)); KRATOS_ADM=$((P + 72))
 PROXY_OK=$((P + 81)); PROXY_SG=$((P + 82))
 OK_PROXY_PORT=$((P + 91)); OK_API_PORT=$((P + 92))
+SGR_GRPC=$((P + 101)); SGR_HTTP=$((P + 102))      # no rules (baseline of the rules run)
+SGT_GRPC=$((P + 111)); SGT_HTTP=$((P + 112))      # 1,000 route rules
+SGA_GRPC=$((P + 121)); SGA_HTTP=$((P + 122))      # credential kinds (session, jwt, oauth2)
 
 # ---------------------------------------------------------------- build
 log "building (release)"
@@ -280,6 +284,73 @@ PY
   exit 0
 fi
 
+# ================================================================= 5b. rules and credential kinds
+scenario_rules() {
+# Cache-hit throughput (a) with 1,000 route rules vs none (the request matches the last rule,
+# under a first path segment every rule shares), and (b) per credential kind on one route: a
+# Kratos session, a JWT access token (the issuer is sessiongate itself, its JWKS the keys), an
+# opaque OAuth2 token (the fake Kratos introspects). All cache hits; runs alternate REPS times,
+# the median stands.
+log "== rules: 1,000 route rules vs none; credential kinds: session vs jwt vs oauth2 (cache hits)"
+python3 - "$OUT/rules.yaml" <<'PY'
+import sys
+lines = ["routes:", "  rules:"]
+for i in range(1000):
+    lines.append(f"    - name: svc-{i}")
+    lines.append(f'      match: {{ hosts: [svc{i}.example.com, "*.example.org"], methods: [GET, POST], paths: ["/svc-{i}/**", "/api/v{i}/*/items"] }}')
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+PY
+cat >"$OUT/tokens.yaml" <<YAML
+jwt:
+  issuer: http://127.0.0.1:$SGA_HTTP
+  audience: [app]
+jwt_issuers:
+  - issuer: http://127.0.0.1:$SGA_HTTP
+    jwks_url: http://127.0.0.1:$SGA_HTTP/.well-known/jwks.json
+    audiences: [app]
+oauth2_introspection:
+  url: http://127.0.0.1:$FK_FAST/admin/oauth2/introspect
+routes:
+  credentials: [session, jwt, oauth2]
+YAML
+start_sg sg-plain "$SGR_GRPC" "$SGR_HTTP" "http://127.0.0.1:$FK_FAST"
+PLAIN_PID=$LAST_PID
+start_sg sg-rules "$SGT_GRPC" "$SGT_HTTP" "http://127.0.0.1:$FK_FAST" SESSIONGATE_CONFIG="$OUT/rules.yaml"
+RULES_PID=$LAST_PID
+HIT=(--connections "$CONNS" --concurrency "$CONC" --warmup "$WARM" --duration "$DUR" --dist same --min-ok-ratio 0.99
+  --path "/api/v999/x/items?page=2" --authority svc999.example.com)
+for i in $(seq 1 "$REPS"); do
+  load "rules-none-r$i" --grpc "http://127.0.0.1:$SGR_GRPC" "${HIT[@]}" --prefix valid-rules-
+  load "rules-1000-r$i" --grpc "http://127.0.0.1:$SGT_GRPC" "${HIT[@]}" --prefix valid-rules- \
+    --metrics "http://127.0.0.1:$SGT_HTTP/metrics"
+done
+median_run rules-none "d['rps']"; median_run rules-1000 "d['rps']"
+stop_pid "$RULES_PID"; stop_pid "$PLAIN_PID"
+start_sg sg-tokens "$SGA_GRPC" "$SGA_HTTP" "http://127.0.0.1:$FK_FAST" SESSIONGATE_CONFIG="$OUT/tokens.yaml"
+TOKENS_PID=$LAST_PID
+# A JWT from this issuer: sessiongate's own token for a session, taken from forward-auth.
+curl -fsS -o /dev/null -D "$OUT/jwt.headers" -H "cookie: ory_kratos_session=valid-jwtsource" \
+  -H "x-forwarded-uri: /x" "http://127.0.0.1:$SGA_HTTP/check"
+sed -n 's/^authorization: Bearer //Ip' "$OUT/jwt.headers" | tr -d '\r' >"$OUT/jwt.txt"
+echo "ory_at_valid-bench-token-0001" >"$OUT/opaque.txt"
+[[ -s "$OUT/jwt.txt" ]] || { log "no JWT from /check"; exit 1; }
+for i in $(seq 1 "$REPS"); do
+  load "kind-session-r$i" --grpc "http://127.0.0.1:$SGA_GRPC" "${HIT[@]}" --prefix valid-kind-
+  load "kind-jwt-r$i" --grpc "http://127.0.0.1:$SGA_GRPC" "${HIT[@]}" --cred-kind bearer --cred-file "$OUT/jwt.txt"
+  load "kind-oauth2-r$i" --grpc "http://127.0.0.1:$SGA_GRPC" "${HIT[@]}" --cred-kind bearer --cred-file "$OUT/opaque.txt"
+done
+median_run kind-session "d['rps']"; median_run kind-jwt "d['rps']"; median_run kind-oauth2 "d['rps']"
+stop_pid "$TOKENS_PID"
+}
+if [[ "${BENCH_ONLY:-}" == rules ]]; then
+  fake_kratos fk-fast "$FK_FAST" 1ms
+  scenario_rules
+  for l in rules-none rules-1000 kind-session kind-jwt kind-oauth2; do
+    echo "$l: $(jget "$l" "round(d['rps'])") req/s, p99 $(jget "$l" "round(d['latency_us']['p99'])") µs"
+  done
+  exit 0
+fi
+
 # ================================================================= 1. floor
 log "== floor: no-op ext_authz server vs sessiongate on 100% cache hits"
 fake_kratos fk-fast "$FK_FAST" 1ms
@@ -379,6 +450,8 @@ load spray-under-max-flood "${LEGIT[@]}" --warmup "$WARM" --duration "$DUR"
 flood_done spray-flood-max
 stop_pid "$SGP_PID"
 
+scenario_rules
+
 # ================================================================= 6. memory
 log "== memory: RSS with $MEM_SESSIONS cached sessions"
 start_sg sg-memory "$SGM_GRPC" "$SGM_HTTP" "http://127.0.0.1:$FK_FAST" SESSIONGATE_CACHE__MAX_BYTES=2147483648
@@ -465,6 +538,16 @@ def r(name, *path, default=None):
 rows, problems = [], []
 def row(scenario, figure, value, baseline, ratio, goal, met):
     rows.append(dict(scenario=scenario, figure=figure, value=value, baseline=baseline, ratio=ratio, goal=goal, met=met))
+
+# rules and credential kinds
+rn, r1k = r("rules-none", "rps"), r("rules-1000", "rps")
+if rn and r1k:
+    row("rules", "cache-hit req/s with 1,000 rules vs none", round(r1k), round(rn), round(r1k / rn, 3), ">= 0.95x", r1k / rn >= 0.95)
+ks = r("kind-session", "rps")
+for kind in ("jwt", "oauth2"):
+    kv = r(f"kind-{kind}", "rps")
+    if ks and kv:
+        row("credentials", f"cache-hit req/s: {kind} vs session", round(kv), round(ks), round(kv / ks, 3), "", None)
 
 # floor
 f, s = r("floor", "rps"), r("sg-hit", "rps")

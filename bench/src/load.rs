@@ -44,6 +44,8 @@ pub enum CredKind {
     Cookie,
     /// `x-session-token: <value>`
     Token,
+    /// `authorization: Bearer <value>` (JWT or OAuth2 access tokens)
+    Bearer,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +228,9 @@ fn check_request(sh: &Shared, cred: &str, id: u64) -> CheckRequest {
         CredKind::Token => {
             headers.insert("x-session-token".into(), cred.to_owned());
         }
+        CredKind::Bearer => {
+            headers.insert("authorization".into(), format!("Bearer {cred}"));
+        }
     }
     headers.insert("x-request-id".into(), rid.clone());
     let (path, query) = match sh.path.split_once('?') {
@@ -284,6 +289,7 @@ async fn one_request(sh: &Shared, worker: usize, rng: &mut SmallRng) -> (Class, 
                     format!("theme=dark; {}={cred}; _ga=GA1.2.3", sh.cookie_name),
                 ),
                 CredKind::Token => req.header("x-session-token", cred.as_ref()),
+                CredKind::Bearer => req.header("authorization", format!("Bearer {cred}")),
             };
             match req.send().await {
                 Ok(resp) => {

@@ -122,6 +122,10 @@ impl FakeKratos {
         let app = Router::new()
             .route("/sessions/whoami", get(whoami))
             .route("/health/ready", get(|| async { "ok" }))
+            .route(
+                "/admin/oauth2/introspect",
+                axum::routing::post(introspect),
+            )
             .with_state(inner.clone())
             .merge(stats::routes(inner.stats.clone()));
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -219,6 +223,55 @@ fn session_cookie(cookie: &str) -> Option<&str> {
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// A stand-in RFC 7662 endpoint (for benchmarks of the OAuth2 path): `token=ory_at_valid…` is
+/// active for an hour (subject derived from the token, client `bench`, scope `read`), anything
+/// else inactive. Counted like whoami calls.
+async fn introspect(State(inner): State<Arc<Inner>>, body: String) -> Response {
+    let _in_flight = inner.stats.enter();
+    let token = body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(form_decode)
+        .unwrap_or_default();
+    let answer = if token.starts_with("ory_at_valid") {
+        json!({
+            "active": true,
+            "sub": format!("sub-{}", &token[token.len().saturating_sub(8)..]),
+            "client_id": "bench",
+            "scope": "read",
+            "exp": Utc::now().timestamp() + 3600,
+            "token_use": "access_token",
+        })
+    } else {
+        json!({"active": false})
+    };
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`+` and `%XX`).
+fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && v.is_char_boundary(i + 3) => {
+                match u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn whoami(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
