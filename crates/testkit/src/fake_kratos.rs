@@ -122,10 +122,7 @@ impl FakeKratos {
         let app = Router::new()
             .route("/sessions/whoami", get(whoami))
             .route("/health/ready", get(|| async { "ok" }))
-            .route(
-                "/admin/oauth2/introspect",
-                axum::routing::post(introspect),
-            )
+            .route("/admin/oauth2/introspect", axum::routing::post(introspect))
             .with_state(inner.clone())
             .merge(stats::routes(inner.stats.clone()));
         let listener = tokio::net::TcpListener::bind(listen).await?;
