@@ -19,6 +19,7 @@ pub mod oauth2;
 pub mod session;
 pub mod telemetry;
 pub mod token;
+pub mod watch;
 
 /// Generated types of our own admin API (`proto/sessiongate/admin/v1/admin.proto`).
 #[allow(missing_docs, clippy::all)]

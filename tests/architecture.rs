@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may refer to `crate::<m>` only for `m` in a strictly lower layer
 /// or in its own module.
 const LAYERS: &[&[&str]] = &[
-    &["config", "headers"],
+    &["config", "headers", "watch"],
     &["telemetry"],
     &["credentials", "token"],
     // Sources: Kratos sessions, and OAuth2 tokens (JWT issuers, introspection).

@@ -1009,13 +1009,8 @@ async fn forged_identity_headers_never_survive() {
         );
         c.upstream.remove_headers.push("x-legacy-user".into());
         c.routes.rules = vec![sessiongate::config::RuleConfig {
-            name: "public".into(),
-            matches: sessiongate::config::MatchConfig {
-                paths: vec!["/public/**".into()],
-                ..Default::default()
-            },
             anonymous: true,
-            ..Default::default()
+            ..rule("public", &["/public/**"])
         }];
     })
     .await;

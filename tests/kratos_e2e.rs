@@ -275,7 +275,7 @@ fn token_at(token: &str, path: &str) -> envoy_types::pb::envoy::service::auth::v
 /// reads the real `authenticated_at`, and a fresh login satisfies it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_read_metadata_public_and_authenticated_at_of_real_sessions() {
-    use sessiongate::config::{MatchConfig, RequirementConfig, RuleConfig};
+    use sessiongate::config::RequirementConfig;
     let k = KratosHarness::start().await.expect("kratos");
     let mut cfg = gate_config(&k);
     let role = |roles: &[&str]| RequirementConfig {
@@ -283,19 +283,11 @@ async fn rules_read_metadata_public_and_authenticated_at_of_real_sessions() {
         one_of: Some(roles.iter().map(|r| json!(r)).collect()),
         ..RequirementConfig::default()
     };
-    let rule = |name: &str, path: &str| RuleConfig {
-        name: name.into(),
-        matches: MatchConfig {
-            paths: vec![path.into()],
-            ..MatchConfig::default()
-        },
-        ..RuleConfig::default()
-    };
-    let mut admin = rule("admin", "/admin/**");
+    let mut admin = rule("admin", &["/admin/**"]);
     admin.require = vec![role(&["admin", "owner"])];
-    let mut owners = rule("owners", "/owners/**");
+    let mut owners = rule("owners", &["/owners/**"]);
     owners.require = vec![role(&["owner"])];
-    let mut recent = rule("recent", "/settings/**");
+    let mut recent = rule("recent", &["/settings/**"]);
     recent.max_auth_age = Some(Duration::from_secs(2));
     cfg.routes.rules = vec![admin, owners, recent];
     let gate = Gate::start(cfg).await;

@@ -36,13 +36,8 @@ async fn setup() -> (FakeKratos, Gate, Nginx) {
     cfg.deny.login_url = Some("https://auth.example.com/login".into());
     // The policy of /public/ comes from sessiongate's rules, as documented.
     cfg.routes.rules = vec![sessiongate::config::RuleConfig {
-        name: "public".into(),
-        matches: sessiongate::config::MatchConfig {
-            paths: vec!["/public/**".into()],
-            ..Default::default()
-        },
         anonymous: true,
-        ..Default::default()
+        ..rule("public", &["/public/**"])
     }];
     let gate = Gate::start(cfg).await;
     let upstream = echo_upstream().await;

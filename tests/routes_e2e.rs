@@ -8,20 +8,9 @@ mod support;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use sessiongate::config::{Config, DefaultPolicy, MatchConfig, RequirementConfig, RuleConfig};
+use sessiongate::config::{Config, DefaultPolicy, RequirementConfig};
 use support::upstream::{Behaviour, FakeKratos};
 use support::*;
-
-fn rule(name: &str, paths: &[&str]) -> RuleConfig {
-    RuleConfig {
-        name: name.into(),
-        matches: MatchConfig {
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-            ..MatchConfig::default()
-        },
-        ..RuleConfig::default()
-    }
-}
 
 fn role_is(roles: &[&str]) -> RequirementConfig {
     RequirementConfig {
@@ -68,6 +57,21 @@ fn istio(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Chec
     http.headers.insert(":authority".into(), host.into());
     http.headers.insert(":method".into(), method.into());
     req
+}
+
+/// The status an anonymous GET of `path` gets.
+async fn status_at(
+    c: &mut envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        tonic::transport::Channel,
+    >,
+    path: &str,
+) -> i32 {
+    status_of(
+        &c.check(istio("GET", "h", path, &[]))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
 }
 
 fn status_of(r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> i32 {
@@ -395,24 +399,8 @@ async fn rules_reload_from_the_file_and_a_broken_file_keeps_them() {
         }
         panic!("no {result} reload");
     };
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/open/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        200
-    );
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/new/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        401
-    );
+    assert_eq!(status_at(&mut c, "/open/x").await, 200);
+    assert_eq!(status_at(&mut c, "/new/x").await, 401);
 
     // A broken file: logged, counted, the rules in use stay.
     std::fs::write(
@@ -421,26 +409,10 @@ async fn rules_reload_from_the_file_and_a_broken_file_keeps_them() {
     )
     .unwrap();
     wait_for("error", 1.0).await;
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/open/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        200
-    );
+    assert_eq!(status_at(&mut c, "/open/x").await, 200);
     std::fs::write(&path, "routes: [unclosed").unwrap();
     wait_for("error", 2.0).await;
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/open/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        200
-    );
+    assert_eq!(status_at(&mut c, "/open/x").await, 200);
 
     // A good file: swapped in whole.
     std::fs::write(
@@ -449,24 +421,8 @@ async fn rules_reload_from_the_file_and_a_broken_file_keeps_them() {
     )
     .unwrap();
     wait_for("ok", 1.0).await;
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/new/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        200
-    );
-    assert_eq!(
-        status_of(
-            &c.check(istio("GET", "h", "/open/x", &[]))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        401
-    );
+    assert_eq!(status_at(&mut c, "/new/x").await, 200);
+    assert_eq!(status_at(&mut c, "/open/x").await, 401);
     let _ = tx.send(());
     task.await.unwrap().unwrap();
 }

@@ -159,8 +159,26 @@ impl DenyShaper {
                 req,
             ),
         };
+        self.redirect_or_forbidden(
+            req,
+            target,
+            "session_aal2_required",
+            "a higher authenticator assurance level is required",
+            Reason::StepUpRequired,
+        )
+    }
+
+    /// Browsers are sent to `target`; API clients get 403 JSON with `redirect_browser_to`.
+    fn redirect_or_forbidden(
+        &self,
+        req: &Request,
+        target: String,
+        id: &str,
+        message: &str,
+        reason: Reason,
+    ) -> Deny {
         if prefers_html(req.headers.get("accept")) {
-            return Self::redirect(target, Reason::StepUpRequired);
+            return Self::redirect(target, reason);
         }
         Deny {
             status: 403,
@@ -168,11 +186,11 @@ impl DenyShaper {
             body: json_body(
                 403,
                 "Forbidden",
-                "session_aal2_required",
-                "a higher authenticator assurance level is required",
+                id,
+                message,
                 Some(("redirect_browser_to", &target)),
             ),
-            reason: Reason::StepUpRequired,
+            reason,
         }
     }
 
@@ -251,21 +269,13 @@ impl DenyShaper {
             ),
             req,
         );
-        if prefers_html(req.headers.get("accept")) {
-            return Self::redirect(target, Reason::ReauthenticationRequired);
-        }
-        Deny {
-            status: 403,
-            headers: json_headers(),
-            body: json_body(
-                403,
-                "Forbidden",
-                "session_refresh_required",
-                "this route requires a more recent login",
-                Some(("redirect_browser_to", &target)),
-            ),
-            reason: Reason::ReauthenticationRequired,
-        }
+        self.redirect_or_forbidden(
+            req,
+            target,
+            "session_refresh_required",
+            "this route requires a more recent login",
+            Reason::ReauthenticationRequired,
+        )
     }
 
     /// Kratos rate limited us.

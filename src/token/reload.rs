@@ -18,61 +18,29 @@ pub async fn watch(
     let Some(path) = config.jwks_file.clone().or_else(|| config.pem_file.clone()) else {
         return;
     };
-    let fingerprint = || std::fs::read(&path).ok().map(|b| blake3::hash(&b));
-    let mut last = fingerprint();
-    let interval = config.reload_interval;
-    let mut tick = (!interval.is_zero()).then(|| {
-        let mut t = tokio::time::interval(interval);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::pin!(stop);
-    loop {
-        let forced = tokio::select! {
-            _ = &mut stop => return,
-            _ = async {
-                match tick.as_mut() {
-                    Some(t) => { t.tick().await; }
-                    None => std::future::pending::<()>().await,
+    crate::watch::file_changes(path, config.reload_interval, stop, |forced| {
+        let (config, minter, metrics) = (&config, &minter, &metrics);
+        async move {
+            match load_keys(config) {
+                Ok(keys) => {
+                    let kid = keys.signing.kid.clone();
+                    let published = keys.public.len();
+                    minter.replace_keys(keys);
+                    metrics
+                        .key_reloads
+                        .get_or_create(&ResultLabel { result: "ok" })
+                        .inc();
+                    tracing::info!(signing_kid = %kid, published, forced, "signing keys reloaded");
                 }
-            } => false,
-            _ = async {
-                #[cfg(unix)]
-                match hup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
+                Err(e) => {
+                    metrics
+                        .key_reloads
+                        .get_or_create(&ResultLabel { result: "error" })
+                        .inc();
+                    tracing::error!(error = %e, "key file changed but cannot be loaded; keeping the keys in use");
                 }
-                #[cfg(not(unix))]
-                std::future::pending::<()>().await
-            } => true,
-        };
-        let now = fingerprint();
-        if !forced && now == last {
-            continue;
-        }
-        match load_keys(&config) {
-            Ok(keys) => {
-                let kid = keys.signing.kid.clone();
-                let published = keys.public.len();
-                minter.replace_keys(keys);
-                last = now;
-                metrics
-                    .key_reloads
-                    .get_or_create(&ResultLabel { result: "ok" })
-                    .inc();
-                tracing::info!(signing_kid = %kid, published, forced, "signing keys reloaded");
-            }
-            Err(e) => {
-                // Remember the broken content so it is reported once, not every tick.
-                last = now;
-                metrics
-                    .key_reloads
-                    .get_or_create(&ResultLabel { result: "error" })
-                    .inc();
-                tracing::error!(error = %e, "key file changed but cannot be loaded; keeping the keys in use");
             }
         }
-    }
+    })
+    .await;
 }

@@ -325,3 +325,15 @@ pub async fn is_allowed(gate: &Gate, session: &str) -> bool {
     let r = c.check(cookie(session)).await.unwrap().into_inner();
     r.status.unwrap().code == 0
 }
+
+/// A route rule matching `paths` (every other field at its default).
+pub fn rule(name: &str, paths: &[&str]) -> sessiongate::config::RuleConfig {
+    sessiongate::config::RuleConfig {
+        name: name.into(),
+        matches: sessiongate::config::MatchConfig {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
