@@ -291,3 +291,43 @@ async fn no_cache_never_joins_an_earlier_lookup() {
     assert_eq!(kratos.calls(), 2, "the no-cache request made its own call");
     allowed(&pending.await.unwrap().unwrap().into_inner());
 }
+
+/// A lookup that must be fresh — a refresh-ahead, a client's `no-cache` — asks Kratos with
+/// `Cache-Control: max-age=0`, or Ory Network answers from its edge cache (minutes old, a
+/// revoked session included). Plain first lookups may use that cache.
+#[tokio::test]
+async fn fresh_lookups_ask_past_ory_networks_edge_cache() {
+    let (kratos, gate) = setup(|c| {
+        c.cache.refresh_after = Duration::from_millis(100);
+        c.cache.client_max_age = sessiongate::config::ClientMaxAge::Always;
+    })
+    .await;
+    let mut client = gate.client().await;
+    allowed(&client.check(cookie("good")).await.unwrap().into_inner());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    allowed(&client.check(cookie("good")).await.unwrap().into_inner()); // stale: refresh
+    for _ in 0..100 {
+        if kratos.calls() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = check_request(
+        &[
+            ("cookie", "ory_kratos_session=good"),
+            ("cache-control", "no-cache"),
+        ],
+        &[],
+    );
+    allowed(&client.check(req).await.unwrap().into_inner());
+    let seen: Vec<Option<String>> = kratos
+        .received()
+        .into_iter()
+        .map(|r| r.cache_control)
+        .collect();
+    assert_eq!(
+        seen,
+        vec![None, Some("max-age=0".into()), Some("max-age=0".into())],
+        "first lookup, refresh-ahead, no-cache"
+    );
+}

@@ -81,6 +81,8 @@ pub struct Received {
     pub authorization: Option<String>,
     pub traceparent: Option<String>,
     pub request_id: Option<String>,
+    /// `Cache-Control` (Ory Network answers from its edge cache unless it is `max-age=0`).
+    pub cache_control: Option<String>,
 }
 
 struct Inner {
@@ -279,6 +281,7 @@ async fn whoami(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response
         authorization: header(&headers, "authorization"),
         traceparent: header(&headers, "traceparent"),
         request_id: header(&headers, "x-request-id"),
+        cache_control: header(&headers, "cache-control"),
     };
     let credential = received
         .session_token
