@@ -239,14 +239,18 @@ impl RouteTable {
         let mut pointers: Vec<Arc<str>> = Vec::new();
         for (i, rc) in config.rules.iter().enumerate() {
             let field = format!("routes.rules[{i}]");
+            if config.rules[..i]
+                .iter()
+                .any(|earlier| earlier.name == rc.name)
+            {
+                errors.push(RuleError {
+                    field: format!("{field}.name"),
+                    message: format!("{:?} is used by an earlier rule", rc.name),
+                    fix: "give every rule its own name".into(),
+                });
+            }
             if let Some(rule) = compile_rule(rc, &config.credentials, &field, &mut errors) {
-                if by_name.insert(rc.name.as_str().into(), i).is_some() {
-                    errors.push(RuleError {
-                        field: format!("{field}.name"),
-                        message: format!("{:?} is used by an earlier rule", rc.name),
-                        fix: "give every rule its own name".into(),
-                    });
-                }
+                by_name.insert(rc.name.as_str().into(), i);
                 for r in rule.policy.require.iter() {
                     if !pointers.iter().any(|p| **p == *r.pointer()) {
                         pointers.push(r.pointer().into());
@@ -592,6 +596,7 @@ mod tests {
         assert_eq!(
             fields,
             [
+                "routes.rules[1].name",
                 "routes.rules[1].match.hosts[0]",
                 "routes.rules[1].match.methods[0]",
                 "routes.rules[1].match.paths[0]",
