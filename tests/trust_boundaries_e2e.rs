@@ -331,3 +331,40 @@ async fn fresh_lookups_ask_past_ory_networks_edge_cache() {
         "first lookup, refresh-ahead, no-cache"
     );
 }
+
+/// An introspection answer that is active but names nobody (no `sub`, no `client_id`) gets no
+/// token minted: 401, as an invalid token.
+#[tokio::test]
+async fn an_access_token_naming_nobody_is_refused() {
+    use sessiongate::config::{ClientAuth, CredentialKind, IntrospectionConfig};
+    let (kratos, gate) = setup(|c| {
+        c.oauth2_introspection = Some(IntrospectionConfig::new(
+            format!("{}/admin/oauth2/introspect", c.whoami.base_url),
+            ClientAuth::None,
+        ));
+        c.routes.credentials = vec![CredentialKind::Oauth2];
+    })
+    .await;
+    let mut client = gate.client().await;
+    let bearer = |t: &str| check_request(&[("authorization", &format!("Bearer {t}"))], &[]);
+    let m = allowed(
+        &client
+            .check(bearer("ory_at_valid-1"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        verify(&gate, &m.set["authorization"], "app").await["client_id"],
+        "bench"
+    );
+    let r = client
+        .check(bearer("ory_at_nosub-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, _) = denied(&r);
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"].contains("invalid_token"));
+    assert_eq!(kratos.calls(), 2, "two introspection calls, no whoami");
+}

@@ -123,11 +123,10 @@ impl Authorizer {
             CredentialKind::Jwt => "jwt",
             _ => "oauth2",
         };
-        let subject = p
-            .subject
-            .as_deref()
-            .or(p.client_id.as_deref())
-            .unwrap_or_default();
+        let Some(subject) = p.subject.as_deref().or(p.client_id.as_deref()) else {
+            // Nobody to name in `sub`: not a token we can vouch for upstream.
+            return Decision::Deny(self.shaper().invalid_token(Reason::InvalidToken));
+        };
         let mut extra = String::new();
         if let Some(client) = &p.client_id {
             extra.push_str("\"client_id\":");

@@ -224,9 +224,9 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// A stand-in RFC 7662 endpoint (for benchmarks of the OAuth2 path): `token=ory_at_valid…` is
-/// active for an hour (subject derived from the token, client `bench`, scope `read`), anything
-/// else inactive. Counted like whoami calls.
+/// A stand-in RFC 7662 endpoint (benchmarks and tests of the OAuth2 path): `token=ory_at_valid…`
+/// is active for an hour (subject derived from the token, client `bench`, scope `read`),
+/// `ory_at_nosub…` active but naming nobody, anything else inactive. Counted like whoami calls.
 async fn introspect(State(inner): State<Arc<Inner>>, body: String) -> Response {
     let _in_flight = inner.stats.enter();
     let token = body
@@ -234,7 +234,10 @@ async fn introspect(State(inner): State<Arc<Inner>>, body: String) -> Response {
         .find_map(|kv| kv.strip_prefix("token="))
         .map(form_decode)
         .unwrap_or_default();
-    let answer = if token.starts_with("ory_at_valid") {
+    let answer = if token.starts_with("ory_at_nosub") {
+        // Active, but naming nobody (no `sub`, no `client_id`).
+        json!({"active": true, "exp": Utc::now().timestamp() + 3600, "token_use": "access_token"})
+    } else if token.starts_with("ory_at_valid") {
         json!({
             "active": true,
             "sub": format!("sub-{}", &token[token.len().saturating_sub(8)..]),
