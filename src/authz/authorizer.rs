@@ -141,12 +141,6 @@ impl Authorizer {
         }
     }
 
-    /// The rule a request gets (for `routes explain` and tests).
-    pub fn explain(&self, req: &Request) -> Result<Policy, Reason> {
-        let table = self.routes.load();
-        Self::select(&table, req).map(|e| e.policy.clone())
-    }
-
     /// The denial for a request the proxy could not describe (counted like any decision).
     pub fn bad_request(&self, message: &str) -> Decision {
         let deny = self.shaper.bad_request(message);

@@ -337,11 +337,6 @@ impl JwtIssuer {
             .map(str::to_owned)
             .ok_or(SourceError::Unavailable("discovery"))
     }
-
-    /// Forgets every verified token (e.g. after an operator revoked a key).
-    pub fn clear_verified(&self) {
-        self.tokens.invalidate_all();
-    }
 }
 
 /// Whether the token's header says `"alg": "none"` (which `jsonwebtoken` cannot even parse).

@@ -121,23 +121,20 @@ impl Rule {
 
     /// Does every request this rule matches also match `earlier`?
     fn shadowed_by(&self, earlier: &Rule) -> bool {
-        let methods = earlier.methods.is_empty()
-            || (!self.methods.is_empty()
-                && self.methods.iter().all(|m| earlier.methods.contains(m)));
-        let hosts = earlier.hosts.is_empty()
-            || (!self.hosts.is_empty()
-                && self
-                    .hosts
-                    .iter()
-                    .all(|h| earlier.hosts.iter().any(|e| h.covered_by(e))));
-        let paths = earlier.paths.is_empty()
-            || (!self.paths.is_empty()
-                && self
-                    .paths
-                    .iter()
-                    .all(|p| earlier.paths.iter().any(|e| p.covered_by(e))));
-        methods && hosts && paths
+        covers(&earlier.methods, &self.methods, |m, e| m == e)
+            && covers(&earlier.hosts, &self.hosts, HostPattern::covered_by)
+            && covers(&earlier.paths, &self.paths, PathPattern::covered_by)
     }
+}
+
+/// Does the condition list `earlier` accept everything `mine` accepts? An empty list accepts
+/// anything, so it covers every list and is covered by none but another empty one.
+fn covers<T>(earlier: &[T], mine: &[T], covered_by: impl Fn(&T, &T) -> bool) -> bool {
+    earlier.is_empty()
+        || (!mine.is_empty()
+            && mine
+                .iter()
+                .all(|m| earlier.iter().any(|e| covered_by(m, e))))
 }
 
 /// A rule that cannot be compiled: the field path and what is wrong.
@@ -278,18 +275,6 @@ impl RouteTable {
             default: Policy::default_for(config.default, &config.credentials),
             pointers,
         })
-    }
-
-    /// A table without rules (every request gets `default`).
-    pub fn empty(default: DefaultPolicy) -> RouteTable {
-        let credentials = [CredentialKind::Session];
-        RouteTable {
-            rules: Vec::new(),
-            by_name: HashMap::new(),
-            index: PrefixNode::default(),
-            default: Policy::default_for(default, &credentials),
-            pointers: Vec::new(),
-        }
     }
 
     /// The rule named by operator configuration.
