@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::config::CredentialsConfig;
+use crate::config::{CredentialsConfig, ShapeConfig};
 use crate::headers::Headers;
 
 /// Where a credential was found; decides how it is presented to Kratos.
@@ -80,6 +80,8 @@ pub enum CredentialError {
     /// Two different values where one credential belongs (two session cookies, repeated
     /// `X-Session-Token`): which one Kratos would use is not ours to guess.
     Ambiguous,
+    /// Not the shape of any Kratos credential (`credentials.shape`): no session, without asking.
+    Shape(CredentialKind),
 }
 
 /// Finds session credentials according to configuration.
@@ -90,6 +92,7 @@ pub struct Extractor {
     session_token_header: bool,
     bearer: bool,
     max_length: usize,
+    shape: Option<ShapeConfig>,
 }
 
 impl Extractor {
@@ -101,6 +104,7 @@ impl Extractor {
             session_token_header: config.session_token_header,
             bearer: config.bearer,
             max_length: config.max_length,
+            shape: config.shape.enabled.then(|| config.shape.clone()),
         }
     }
 
@@ -175,6 +179,11 @@ impl Extractor {
         if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(CredentialError::Malformed);
         }
+        if let Some(shape) = &self.shape
+            && !shape_fits(shape, kind, value)
+        {
+            return Err(CredentialError::Shape(kind));
+        }
         Ok(Credential::new(kind, cookie_name, value.to_owned()))
     }
 
@@ -204,6 +213,28 @@ impl Extractor {
             (false, _) => CookieRewrite::Unchanged,
             (true, true) => CookieRewrite::Remove,
             (true, false) => CookieRewrite::Replace(kept.join("; ")),
+        }
+    }
+}
+
+/// Could `value` be a Kratos credential found as `kind`? Tokens: the prefix (optional when
+/// `unprefixed_tokens`) then at least `token_min_length` ASCII alphanumerics. Cookies: Kratos'
+/// securecookie encoding (base64url, `=` padding), at least `cookie_min_length` long.
+pub fn shape_fits(shape: &ShapeConfig, kind: CredentialKind, value: &str) -> bool {
+    match kind {
+        CredentialKind::Cookie => {
+            value.len() >= shape.cookie_min_length
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+        }
+        CredentialKind::SessionToken | CredentialKind::Bearer => {
+            let rest = match value.strip_prefix(shape.token_prefix.as_str()) {
+                Some(rest) if !shape.token_prefix.is_empty() => rest,
+                _ if shape.unprefixed_tokens => value,
+                _ => return false,
+            };
+            rest.len() >= shape.token_min_length && rest.bytes().all(|b| b.is_ascii_alphanumeric())
         }
     }
 }
@@ -290,7 +321,46 @@ pub fn parse_cookies(header: &str) -> impl Iterator<Item = (&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CredentialsConfig;
+    use crate::config::{CredentialsConfig, ShapeConfig};
+
+    #[test]
+    fn shapes_accept_kratos_credentials_and_refuse_junk() {
+        let s = ShapeConfig::default();
+        let token = "ory_st_0123456789abcdefghijABCDEFGHIJ01";
+        let cookie = "MTcwMDAwMDAwMHxEWDhFQVFMX2dBQUJFQUVRQUFCZl80QUFBUVp6ZEhKcGJtY01DUUFIYzJWemMybHZiZ1p6ZEhKcGJtY01Jd0FoYjNKNVgzTjBYMkZpWTJSbFptZG9hV3ByYkcxdWIzQnhjbk4wZFhaM2VIbDZNVEl6TkE9PXyp0pG6eg==";
+        assert!(shape_fits(&s, CredentialKind::SessionToken, token));
+        assert!(shape_fits(&s, CredentialKind::Bearer, token));
+        // Kratos before v1.0: 32 alphanumerics.
+        assert!(shape_fits(&s, CredentialKind::SessionToken, &token[7..]));
+        assert!(shape_fits(&s, CredentialKind::Cookie, cookie));
+        for junk in [
+            "ory_st_short",
+            "ory_st_0123456789abcdefghijABCDEFGHIJ-1",
+            "x",
+            "0123456789abcdefghij-ABCDEFGHIJ01",
+        ] {
+            assert!(!shape_fits(&s, CredentialKind::SessionToken, junk), "{junk}");
+        }
+        for junk in ["good", "a.b.c", &format!("{}%3D", &cookie[..60])] {
+            assert!(!shape_fits(&s, CredentialKind::Cookie, junk), "{junk}");
+        }
+        let strict = ShapeConfig {
+            unprefixed_tokens: false,
+            ..s.clone()
+        };
+        assert!(shape_fits(&strict, CredentialKind::SessionToken, token));
+        assert!(!shape_fits(&strict, CredentialKind::SessionToken, &token[7..]));
+        // The extractor refuses a misshapen credential by kind, before anything else sees it.
+        let e = Extractor::new(&CredentialsConfig::default());
+        assert_eq!(
+            e.extract(&headers(&[("cookie", "ory_kratos_session=good")])),
+            Err(CredentialError::Shape(CredentialKind::Cookie))
+        );
+        assert!(
+            e.extract(&headers(&[("x-session-token", token)]))
+                .is_ok()
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {
         let mut h = Headers::default();
@@ -301,8 +371,13 @@ mod tests {
     }
 
     fn extractor() -> Extractor {
+        // Toy credentials: shapes are tested on their own.
         Extractor::new(&CredentialsConfig {
             cookie_prefixes: vec!["ory_session_".into()],
+            shape: ShapeConfig {
+                enabled: false,
+                ..ShapeConfig::default()
+            },
             ..CredentialsConfig::default()
         })
     }

@@ -53,6 +53,22 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The admission lane of a whoami call (`known`, `first`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane.
+    pub lane: &'static str,
+}
+
+/// Lane and result of a whoami admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// The lane.
+    pub lane: &'static str,
+    /// `admitted` (at once), `queued` (after a wait), `timeout`, `shed`, `pushed_out`.
+    pub result: &'static str,
+}
+
 /// `op` and `result` of a Redis operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedisLabels {
@@ -91,6 +107,14 @@ pub struct Metrics {
     pub whoami_in_flight: Gauge,
     /// `sessiongate_whoami_shed_total` (lookups refused because the upstream queue was full).
     pub whoami_shed: Counter,
+    /// `sessiongate_whoami_admissions_total{lane,result}`.
+    pub whoami_admissions: Family<AdmissionLabels, Counter>,
+    /// `sessiongate_whoami_lane_in_flight{lane}`.
+    pub whoami_lane_in_flight: Family<LaneLabel, Gauge>,
+    /// `sessiongate_whoami_waiting{lane}`.
+    pub whoami_waiting: Family<LaneLabel, Gauge>,
+    /// `sessiongate_credentials_rejected_total{kind}`: refused by shape, before any lookup.
+    pub credentials_rejected: Family<KindLabel, Counter>,
     /// `sessiongate_jwt_mints_total`.
     pub jwt_mints: Counter,
     /// `sessiongate_key_reloads_total{result}` (ok, error, unchanged is not counted).
@@ -138,6 +162,10 @@ impl Metrics {
             whoami_duration: Family::new_with_constructor(latency_histogram),
             whoami_in_flight: Gauge::default(),
             whoami_shed: Counter::default(),
+            whoami_admissions: Family::default(),
+            whoami_lane_in_flight: Family::default(),
+            whoami_waiting: Family::default(),
+            credentials_rejected: Family::default(),
             jwt_mints: Counter::default(),
             key_reloads: Family::default(),
             config_reloads: Family::default(),
@@ -204,6 +232,26 @@ impl Metrics {
             "whoami_shed",
             "Lookups refused because the whoami concurrency limit stayed full for queue_timeout",
             m.whoami_shed.clone(),
+        );
+        registry.register(
+            "whoami_admissions",
+            "Whoami admissions by lane (known sessions, first lookups) and result",
+            m.whoami_admissions.clone(),
+        );
+        registry.register(
+            "whoami_lane_in_flight",
+            "Calls to Kratos /sessions/whoami in flight, by admission lane",
+            m.whoami_lane_in_flight.clone(),
+        );
+        registry.register(
+            "whoami_waiting",
+            "Lookups waiting for a whoami slot, by admission lane",
+            m.whoami_waiting.clone(),
+        );
+        registry.register(
+            "credentials_rejected",
+            "Session credentials refused by shape before any lookup, by where they were found",
+            m.credentials_rejected.clone(),
         );
         registry.register("jwt_mints", "JWTs signed", m.jwt_mints.clone());
         registry.register(

@@ -99,6 +99,7 @@ fn request(n: usize) -> Request {
         path: format!("/api/v{last}/orders/items?page=2"),
         headers,
         route: Ok(RouteSettings::default()),
+        source: None,
     }
 }
 

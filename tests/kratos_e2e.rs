@@ -20,6 +20,8 @@ fn gate_config(k: &KratosHarness) -> sessiongate::config::Config {
         .claims
         .insert("first_name".into(), "/identity/traits/name/first".into());
     c.admin.token = Some("kratos-e2e-admin-token".into());
+    // Real credentials: the default shape check is on (it must accept everything Kratos issues).
+    c.credentials.shape = Default::default();
     c
 }
 
@@ -111,6 +113,28 @@ async fn real_sessions_are_allowed_and_the_jwt_matches_whoami() {
             .into_inner(),
     );
     assert_eq!(status, 401);
+
+    // Kratos' own credentials fit the default shapes; junk that cannot be one is refused by
+    // shape, without a whoami call.
+    let shape = sessiongate::config::ShapeConfig::default();
+    use sessiongate::credentials::{CredentialKind, shape_fits};
+    assert!(shape_fits(&shape, CredentialKind::SessionToken, &token), "{token}");
+    assert!(shape_fits(&shape, CredentialKind::Bearer, &token));
+    assert!(shape_fits(&shape, CredentialKind::Cookie, &cookie_value));
+    let whoami_calls = || metric(&gate, "whoami_requests_total", "");
+    let rejected = || metric(&gate, "credentials_rejected_total", "");
+    let (before, rejected_before) = (whoami_calls().await, rejected().await);
+    for junk in [
+        cookie("x"),
+        cookie("<script>"),
+        token_req("ory_st_short"),
+        token_req(&format!("{token}-")),
+    ] {
+        let (status, _, _) = denied(&client.check(junk).await.unwrap().into_inner());
+        assert_eq!(status, 401);
+    }
+    assert_eq!(whoami_calls().await, before, "junk reached whoami");
+    assert_eq!(rejected().await - rejected_before, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

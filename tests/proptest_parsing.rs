@@ -566,6 +566,7 @@ proptest! {
                 aal: aal2.then_some(sessiongate::session::Aal::Aal2),
                 ..RouteSettings::default()
             }),
+            source: None,
         };
         let (rt, a) = authorizer();
         let decision = rt.block_on(a.check(&req));

@@ -251,6 +251,8 @@ async fn propagation_between_two_processes() {
             .env("SESSIONGATE_REDIS__URL", redis.url())
             .env("SESSIONGATE_ADMIN__TOKEN", TOKEN)
             .env("SESSIONGATE_LOG__LEVEL", "warn")
+            // The fake Kratos' toy credentials are not Kratos-shaped.
+            .env("SESSIONGATE_CREDENTIALS__SHAPE__ENABLED", "false")
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()

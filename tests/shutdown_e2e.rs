@@ -40,6 +40,8 @@ async fn sigterm_under_load_fails_no_answered_check() {
         .env("SESSIONGATE_SHUTDOWN__READINESS_DELAY", "600ms")
         .env("SESSIONGATE_SHUTDOWN__DRAIN_TIMEOUT", "10s")
         .env("SESSIONGATE_LOG__LEVEL", "warn")
+        // The fake Kratos' toy credentials are not Kratos-shaped.
+        .env("SESSIONGATE_CREDENTIALS__SHAPE__ENABLED", "false")
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -260,6 +260,15 @@ impl Authorizer {
                         CredentialError::TooLong => Reason::CredentialTooLong,
                         CredentialError::Malformed => Reason::CredentialMalformed,
                         CredentialError::Ambiguous => Reason::CredentialAmbiguous,
+                        CredentialError::Shape(kind) => {
+                            self.metrics
+                                .credentials_rejected
+                                .get_or_create(&crate::telemetry::KindLabel {
+                                    kind: kind.as_str(),
+                                })
+                                .inc();
+                            Reason::CredentialShape
+                        }
                     };
                     return self
                         .anonymous_or(req, route, || self.shaper.unauthenticated(req, reason));
@@ -309,6 +318,8 @@ impl Authorizer {
             traceparent: propagate("traceparent", 64),
             tracestate: propagate("tracestate", 512),
             fresh: false,
+            source: req.source,
+            lane: Default::default(),
         };
         let honour = match self.client_max_age {
             ClientMaxAge::Never => false,

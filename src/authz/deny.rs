@@ -134,6 +134,7 @@ impl DenyShaper {
             Reason::NoCredential => "no session credential was sent",
             Reason::CredentialTooLong => "the session credential is too long",
             Reason::CredentialMalformed => "the session credential is malformed",
+            Reason::CredentialShape => "no valid session",
             Reason::CredentialAmbiguous => "more than one session credential was sent",
             _ => "no valid session",
         };
@@ -352,6 +353,7 @@ mod tests {
             path: "/orders?id=1&x=y".into(),
             headers,
             route: Ok(RouteSettings::default()),
+            source: None,
         }
     }
 

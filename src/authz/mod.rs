@@ -165,6 +165,9 @@ pub struct Request {
     pub headers: Headers,
     /// Route settings, or the error that makes them unusable.
     pub route: Result<RouteSettings, RouteSettingError>,
+    /// The client's address as the transport established it (Envoy's downstream peer, or the
+    /// first untrusted `X-Forwarded-For` hop behind trusted proxies); used only for fairness.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Why a decision was taken: a closed set, used as a metric label.
@@ -180,6 +183,8 @@ pub enum Reason {
     CredentialTooLong,
     /// Credential with impossible characters.
     CredentialMalformed,
+    /// Credential that cannot be a Kratos credential (`credentials.shape`).
+    CredentialShape,
     /// Two different session credentials where one belongs.
     CredentialAmbiguous,
     /// Kratos says: no valid session.
@@ -223,6 +228,7 @@ impl Reason {
             Reason::NoCredential => "no_credential",
             Reason::CredentialTooLong => "credential_too_long",
             Reason::CredentialMalformed => "credential_malformed",
+            Reason::CredentialShape => "credential_shape",
             Reason::CredentialAmbiguous => "credential_ambiguous",
             Reason::InvalidSession => "invalid_session",
             Reason::StepUpRequired => "step_up_required",

@@ -164,9 +164,18 @@ pub struct WhoamiConfig {
     pub connect_timeout: Duration,
     /// Most whoami calls in flight at once; further lookups wait up to `queue_timeout`.
     pub max_concurrency: usize,
-    /// How long a lookup may wait for a whoami slot before it is shed with 503.
+    /// Slots of `max_concurrency` only refreshes of sessions the cache knows may use, so that
+    /// first lookups of unknown credentials (logins, junk) cannot crowd out known users.
+    /// Unset: a quarter of `max_concurrency` (at least 1).
+    pub known_reserve: Option<usize>,
+    /// How long a lookup may wait for a whoami slot before it is shed with 503. Waiting first
+    /// lookups are served round-robin by client address. Keep `queue_timeout` plus Kratos'
+    /// usual latency below the proxy's ext_authz timeout (Envoy: 200 ms).
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Most lookups waiting for a slot at once; when full, the source with the most waiters
+    /// loses its newest one.
+    pub max_waiting: usize,
     /// Largest accepted whoami response body, in bytes.
     pub max_body_bytes: usize,
     /// Idle keep-alive connections kept per Kratos host.
@@ -187,6 +196,38 @@ pub struct CredentialsConfig {
     pub bearer: bool,
     /// Longest accepted credential in bytes; longer is a deny without a whoami call.
     pub max_length: usize,
+    /// What a Kratos credential looks like; anything else is "no session" without a whoami call.
+    pub shape: ShapeConfig,
+}
+
+/// The shape of Kratos credentials. The defaults accept what Kratos and Ory Network issue:
+/// session tokens `ory_st_` + 32 alphanumerics (Kratos before v1.0: 32 alphanumerics), and
+/// session cookies holding a securecookie value (base64url with `=` padding, 100+ characters).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapeConfig {
+    /// Check shapes at all. `false`: every credential within `max_length` goes to whoami.
+    pub enabled: bool,
+    /// The prefix of session tokens (`X-Session-Token`, `Authorization: Bearer`).
+    pub token_prefix: String,
+    /// Accept tokens without the prefix (sessions issued by Kratos before v1.0).
+    pub unprefixed_tokens: bool,
+    /// Fewest alphanumerics after the prefix (Kratos issues 32).
+    pub token_min_length: usize,
+    /// Fewest characters in a session cookie value (base64url and `=` only).
+    pub cookie_min_length: usize,
+}
+
+impl Default for ShapeConfig {
+    fn default() -> Self {
+        ShapeConfig {
+            enabled: true,
+            token_prefix: "ory_st_".into(),
+            unprefixed_tokens: true,
+            token_min_length: 32,
+            cookie_min_length: 40,
+        }
+    }
 }
 
 /// The in-process session cache.
@@ -207,6 +248,12 @@ pub struct CacheConfig {
     /// served (never past its `expires_at`, never after an invalidation). `0s` = off.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// While whoami is saturated, a known session whose TTL ended less than this ago is served
+    /// as it is while its revalidation waits for a slot (never past its `expires_at`, never
+    /// after an invalidation, never while Redis invalidations are not being received). `0s` =
+    /// off: the user waits for the revalidation, or gets 503 if it is shed.
+    #[serde(with = "humantime_serde")]
+    pub stale_while_overloaded: Duration,
     /// Upper bound of the session cache's weight in bytes; minted tokens are kept in a separate
     /// cache bounded at a quarter of this.
     pub max_bytes: u64,
@@ -471,6 +518,14 @@ impl Default for HttpConfig {
     }
 }
 
+impl WhoamiConfig {
+    /// The slots reserved for known sessions (`known_reserve`, or a quarter of the slots).
+    pub fn known_reserve(&self) -> usize {
+        self.known_reserve
+            .unwrap_or((self.max_concurrency / 4).max(1))
+    }
+}
+
 impl Default for WhoamiConfig {
     fn default() -> Self {
         WhoamiConfig {
@@ -478,7 +533,9 @@ impl Default for WhoamiConfig {
             timeout: Duration::from_millis(150),
             connect_timeout: Duration::from_millis(100),
             max_concurrency: 256,
-            queue_timeout: Duration::from_millis(50),
+            known_reserve: None,
+            queue_timeout: Duration::from_millis(120),
+            max_waiting: 4096,
             max_body_bytes: 1024 * 1024,
             pool_max_idle: 64,
         }
@@ -493,6 +550,7 @@ impl Default for CredentialsConfig {
             session_token_header: true,
             bearer: true,
             max_length: 4096,
+            shape: ShapeConfig::default(),
         }
     }
 }
@@ -504,6 +562,7 @@ impl Default for CacheConfig {
             refresh_after: Duration::from_secs(45),
             negative_ttl: Duration::from_secs(5),
             stale_if_error: Duration::ZERO,
+            stale_while_overloaded: Duration::from_secs(30),
             max_bytes: 256 * 1024 * 1024,
             key_secret: None,
             client_max_age: ClientMaxAge::Route,

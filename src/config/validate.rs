@@ -126,6 +126,34 @@ fn whoami(c: &Config, r: &mut Report) {
             "must be at least 1".into(),
             "set e.g. 256",
         );
+    } else if let Some(n) = c.whoami.known_reserve
+        && n >= c.whoami.max_concurrency
+    {
+        r.add(
+            "whoami.known_reserve",
+            format!(
+                "{n} leaves no whoami slot for first lookups (max_concurrency is {})",
+                c.whoami.max_concurrency
+            ),
+            "use fewer slots than whoami.max_concurrency, or unset it (a quarter of the slots)",
+        );
+    }
+    if c.whoami.max_waiting == 0 {
+        r.add(
+            "whoami.max_waiting",
+            "must be at least 1".into(),
+            "set e.g. 4096 (lookups waiting for a whoami slot)",
+        );
+    }
+    if c.whoami.queue_timeout >= Duration::from_secs(5) {
+        r.add(
+            "whoami.queue_timeout",
+            format!(
+                "{:?} is longer than any proxy will wait",
+                c.whoami.queue_timeout
+            ),
+            "set e.g. 120ms: the wait plus Kratos' usual latency should fit Envoy's 200ms",
+        );
     }
     if c.whoami.max_body_bytes < 1024 {
         r.add(

@@ -99,6 +99,17 @@ pub fn to_request(check: &CheckRequest) -> Option<Request> {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    // Envoy's downstream peer (after its own `use_remote_address` / `xff_num_trusted_hops`).
+    let source = attributes
+        .source
+        .as_ref()
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                s.address.parse().ok()
+            }
+            _ => None,
+        });
     Some(Request {
         method,
         scheme,
@@ -106,6 +117,7 @@ pub fn to_request(check: &CheckRequest) -> Option<Request> {
         path,
         headers,
         route,
+        source,
     })
 }
 

@@ -57,6 +57,7 @@ pub fn to_request(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Request {
+    let trusted_cidrs = trusted;
     let trusted = trusted.iter().any(|c| c.contains(peer));
     let mut hs = Headers::with_capacity(headers.len());
     for (k, v) in headers {
@@ -82,8 +83,10 @@ pub fn to_request(
             path: own_path_and_query,
             headers: hs,
             route: Ok(RouteSettings::default()),
+            source: Some(peer),
         };
     }
+    let source = Some(client_address(trusted_cidrs, peer, headers));
     let forwarded_uri =
         header(headers, "x-forwarded-uri").or_else(|| header(headers, "x-original-uri"));
     let method = header(headers, "x-forwarded-method")
@@ -116,7 +119,30 @@ pub fn to_request(
         path,
         headers: hs,
         route,
+        source,
     }
+}
+
+/// The client behind trusted proxies: the rightmost `X-Forwarded-For` hop that is not itself a
+/// trusted proxy (hops to its left were written by the client and prove nothing). The peer
+/// itself when there is no such hop or the header does not parse.
+fn client_address(trusted: &[Cidr], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
+        if !trusted.iter().any(|c| c.contains(client)) {
+            break;
+        }
+        let Ok(addr) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = addr;
+    }
+    client
 }
 
 /// `ANY /check[/*]`.
@@ -232,6 +258,27 @@ mod tests {
             &uri.parse().unwrap(),
             &h,
         )
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_forwarded_hop() {
+        let src = |peer: &str, xff: &[&str]| {
+            let h: Vec<_> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+            map(peer, "GET", "/check", &h).source.unwrap().to_string()
+        };
+        // From a trusted proxy: the hop it appended, never what the client wrote before it.
+        assert_eq!(src("127.0.0.1", &["6.6.6.6, 203.0.113.9"]), "203.0.113.9");
+        assert_eq!(src("127.0.0.1", &["6.6.6.6", "203.0.113.9"]), "203.0.113.9");
+        // Trusted hops are skipped from the right.
+        assert_eq!(
+            src("127.0.0.1", &["6.6.6.6, 203.0.113.9, 127.0.0.1"]),
+            "203.0.113.9"
+        );
+        // No header, or garbage: the peer.
+        assert_eq!(src("127.0.0.1", &[]), "127.0.0.1");
+        assert_eq!(src("127.0.0.1", &["not-an-ip"]), "127.0.0.1");
+        // From an untrusted peer the header is ignored.
+        assert_eq!(src("198.51.100.7", &["1.2.3.4"]), "198.51.100.7");
     }
 
     #[test]

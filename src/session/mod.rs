@@ -1,6 +1,7 @@
 //! Sessions: the model of a Kratos session as far as we need it, the `SessionSource` seam, the
 //! whoami client (`whoami`) and the cache in front of it (`cache`).
 
+pub mod admission;
 pub mod cache;
 pub mod redis;
 pub mod tier;
@@ -179,6 +180,10 @@ pub struct LookupContext {
     /// The answer must come from Kratos now: past the shared tier, and past Ory Network's edge
     /// cache (`Cache-Control: max-age=0`). Set for refreshes and client `max-age` lookups.
     pub fresh: bool,
+    /// The client's address (fairness between sources for first lookups).
+    pub source: Option<std::net::IpAddr>,
+    /// Known session or first lookup (set by the cache).
+    pub lane: admission::Lane,
 }
 
 /// Boxed future returned by [`SessionSource::lookup`].
@@ -189,6 +194,12 @@ pub type LookupFuture<'a> =
 pub trait SessionSource: Send + Sync + 'static {
     /// Looks the credential up.
     fn lookup<'a>(&'a self, credential: &'a Credential, cx: &'a LookupContext) -> LookupFuture<'a>;
+
+    /// Would a lookup in the known-sessions lane have to wait for a slot right now? The cache
+    /// then serves a known session slightly past its TTL instead of making its user wait.
+    fn known_would_wait(&self) -> bool {
+        false
+    }
 }
 
 /// Turns a whoami session JSON into a [`Session`], applying the configured claim and header

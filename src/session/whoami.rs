@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::admission::{Admission, AdmissionLimits, SourceKey};
 use super::{
     Answer, LookupContext, LookupFuture, Outcome, ProjectError, Projection, SessionSource,
     UpstreamError,
@@ -21,9 +21,8 @@ pub struct WhoamiClient {
     client: reqwest::Client,
     url: String,
     timeout: Duration,
-    queue_timeout: Duration,
     max_body_bytes: usize,
-    permits: Arc<Semaphore>,
+    admission: Arc<Admission>,
     projection: Projection,
     metrics: Arc<Metrics>,
     export_traces: bool,
@@ -58,9 +57,16 @@ impl WhoamiClient {
             client,
             url: format!("{}/sessions/whoami", config.base_url.trim_end_matches('/')),
             timeout: config.timeout,
-            queue_timeout: config.queue_timeout,
             max_body_bytes: config.max_body_bytes,
-            permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            admission: Admission::new(
+                AdmissionLimits {
+                    max_concurrency: config.max_concurrency,
+                    reserved: config.known_reserve(),
+                    queue_timeout: config.queue_timeout,
+                    max_waiting: config.max_waiting,
+                },
+                metrics.clone(),
+            ),
             projection,
             metrics,
             export_traces,
@@ -72,17 +78,16 @@ impl WhoamiClient {
         credential: &Credential,
         cx: &LookupContext,
     ) -> Result<Answer, UpstreamError> {
-        let _permit = match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.metrics.whoami_shed.inc();
-                return Err(UpstreamError::Overloaded);
-            }
+        let Ok(permit) = self
+            .admission
+            .admit(cx.lane, SourceKey::of(cx.source))
+            .await
+        else {
+            return Err(UpstreamError::Overloaded);
         };
-        self.metrics.whoami_in_flight.inc();
         let start = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.request(credential, cx)).await;
-        self.metrics.whoami_in_flight.dec();
+        drop(permit);
         let (status, result) = match result {
             Ok(r) => r,
             Err(_) => ("timeout", Err(UpstreamError::Unavailable("timeout"))),
@@ -264,5 +269,9 @@ impl SessionSource for WhoamiClient {
             http.response.status_code = tracing::field::Empty,
         );
         Box::pin(self.call(credential, cx).instrument(span))
+    }
+
+    fn known_would_wait(&self) -> bool {
+        self.admission.known_would_wait()
     }
 }

@@ -27,6 +27,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use tracing::Instrument;
 
+use super::admission::Lane;
 use super::tier::{SharedTier, Stored};
 use super::{Answer, LookupContext, Outcome, SessionSource, UpstreamError};
 use crate::config::CacheConfig;
@@ -134,6 +135,7 @@ struct Inner {
     refresh_after: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
+    stale_while_overloaded: Duration,
     tomb_ttl: Duration,
     inflight: Mutex<HashMap<CacheKey, Flight>>,
     next_flight: std::sync::atomic::AtomicU64,
@@ -216,6 +218,7 @@ impl SessionCache {
                 refresh_after: config.refresh_after.min(config.ttl),
                 negative_ttl: config.negative_ttl,
                 stale_if_error: config.stale_if_error,
+                stale_while_overloaded: config.stale_while_overloaded,
                 tomb_ttl: max_fetch + Duration::from_secs(1),
                 inflight: Mutex::default(),
                 next_flight: Default::default(),
@@ -243,6 +246,10 @@ impl SessionCache {
         let inner = &self.inner;
         let arrival = Instant::now();
         let key = self.key_for(credential);
+        // A session we hold but may no longer serve as is: its revalidation goes through the
+        // known-sessions lane, and while whoami is saturated it may still answer (see
+        // `stale_while_overloaded`).
+        let mut known = None;
         if let Some(hit) = inner.entries.get(&key).await {
             let usable_until = if self.degraded() {
                 hit.usable_until.min(hit.stored_at + inner.degraded_ttl)
@@ -258,7 +265,10 @@ impl SessionCache {
                         inner.metrics.cache_lookup("stale");
                         // A refresh must reach Kratos: an answer newer than this entry, never
                         // the shared tier's copy of it.
-                        if self.start_fetch(key, credential, cx, Some(hit.stored_at)).1 {
+                        if self
+                            .start_fetch(key, credential, cx, Some(hit.stored_at), Lane::Known)
+                            .1
+                        {
                             inner.metrics.cache_lookup("refresh");
                         }
                     }
@@ -270,6 +280,19 @@ impl SessionCache {
             if !young_enough {
                 inner.metrics.cache_lookup("bypass");
             }
+            if matches!(hit.outcome, Outcome::Active(_)) {
+                let overload_ok = freshness.max_age.is_none()
+                    && arrival < usable_until + inner.stale_while_overloaded
+                    && self.still_valid(&key, &hit);
+                if overload_ok && inner.source.known_would_wait() {
+                    // Every slot is taken: serve the session now and let its revalidation wait
+                    // for a slot in the background.
+                    let _ = self.start_fetch(key, credential, cx, Some(hit.stored_at), Lane::Known);
+                    inner.metrics.cache_lookup("stale_overloaded");
+                    return Ok(hit.outcome.clone());
+                }
+                known = Some((hit, overload_ok));
+            }
         }
 
         // A client's max-age asks for an answer from no earlier than (arrival - max-age): join
@@ -277,7 +300,12 @@ impl SessionCache {
         let fresh_since = freshness
             .max_age
             .map(|m| arrival.checked_sub(m).unwrap_or(arrival));
-        let (fetch, leader) = self.start_fetch(key, credential, cx, fresh_since);
+        let lane = if known.is_some() {
+            Lane::Known
+        } else {
+            Lane::First
+        };
+        let (fetch, leader) = self.start_fetch(key, credential, cx, fresh_since, lane);
         let result = fetch.await;
         inner
             .metrics
@@ -287,12 +315,21 @@ impl SessionCache {
             Err(Uncached::StepUp(r)) => Ok(Outcome::StepUpRequired {
                 redirect_browser_to: r,
             }),
+            Err(Uncached::Upstream(UpstreamError::Overloaded))
+                if known
+                    .as_ref()
+                    .is_some_and(|(hit, ok)| *ok && self.still_valid(&key, hit)) =>
+            {
+                inner.metrics.cache_lookup("stale_overloaded");
+                let (hit, _) = known.expect("checked above");
+                Ok(hit.outcome.clone())
+            }
             Err(Uncached::Upstream(e)) => {
                 if !inner.stale_if_error.is_zero()
                     && matches!(e, UpstreamError::Unavailable(_))
                     && let Some(old) = inner.entries.get(&key).await
                     && let Outcome::Active(s) = &old.outcome
-                    && Instant::now() < old.keep_until
+                    && Instant::now() < old.usable_until + inner.stale_if_error
                     && s.expires_at > SystemTime::now()
                     && !self.tombstoned(&key, s.id.as_str(), s.identity_id.as_str(), old.stored_at)
                 {
@@ -314,6 +351,7 @@ impl SessionCache {
         credential: &Credential,
         cx: &LookupContext,
         fresh_since: Option<Instant>,
+        lane: Lane,
     ) -> (SharedFetch, bool) {
         let mut inflight = lock(&self.inner.inflight);
         if let Some(f) = inflight.get(&key)
@@ -330,6 +368,7 @@ impl SessionCache {
         let credential = credential.clone();
         let cx = LookupContext {
             fresh,
+            lane,
             ..cx.clone()
         };
         let sent: Arc<OnceLock<Instant>> = Arc::default();
@@ -438,6 +477,18 @@ impl SessionCache {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// May a held session still answer past its TTL (overload, Kratos errors)? Never past its
+    /// `expires_at`, never after an invalidation, never while invalidations may be missed.
+    fn still_valid(&self, key: &CacheKey, hit: &Cached) -> bool {
+        let Outcome::Active(s) = &hit.outcome else {
+            return false;
+        };
+        Instant::now() < hit.keep_until
+            && s.expires_at > SystemTime::now()
+            && !self.degraded()
+            && !self.tombstoned(key, s.id.as_str(), s.identity_id.as_str(), hit.stored_at)
+    }
+
     /// Is this replica missing invalidations (Redis configured, subscription down)?
     fn degraded(&self) -> bool {
         self.inner.tier.as_ref().is_some_and(|t| !t.healthy())
@@ -478,7 +529,8 @@ impl SessionCache {
         let fresh = fresh.min(usable);
         let (keep, weight) = match &outcome {
             Outcome::Active(s) => {
-                let keep = (usable + inner.stale_if_error).min(s.remaining(SystemTime::now()));
+                let keep = (usable + inner.stale_if_error.max(inner.stale_while_overloaded))
+                    .min(s.remaining(SystemTime::now()));
                 // The session and the entry's own overhead (minted tokens live in the minter).
                 let weight = s.weight() + 256;
                 (keep, weight)
@@ -522,6 +574,9 @@ mod tests {
         calls: AtomicUsize,
         delay: Duration,
         answer: Mutex<AnswerFn>,
+        /// Lanes of the lookups, in order.
+        lanes: Mutex<Vec<Lane>>,
+        saturated: std::sync::atomic::AtomicBool,
     }
 
     impl Fake {
@@ -534,12 +589,17 @@ mod tests {
     }
 
     impl SessionSource for Fake {
-        fn lookup<'a>(&'a self, _: &'a Credential, _: &'a LookupContext) -> LookupFuture<'a> {
+        fn lookup<'a>(&'a self, _: &'a Credential, cx: &'a LookupContext) -> LookupFuture<'a> {
             Box::pin(async move {
+                self.lanes.lock().unwrap().push(cx.lane);
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
                 (self.answer.lock().unwrap())()
             })
+        }
+
+        fn known_would_wait(&self) -> bool {
+            self.saturated.load(Ordering::SeqCst)
         }
     }
 
@@ -576,6 +636,8 @@ mod tests {
             calls: AtomicUsize::new(0),
             delay: Duration::from_millis(delay_ms),
             answer: Mutex::new(Box::new(|| active(3600))),
+            lanes: Mutex::default(),
+            saturated: Default::default(),
         });
         let c = SessionCache::new(
             &config,
@@ -853,6 +915,71 @@ mod tests {
             assert!(get(&c, "a").await.is_err());
             // 429 is not an error stale_if_error covers.
         }
+    }
+
+    #[tokio::test]
+    async fn known_sessions_revalidate_in_their_own_lane_and_survive_overload() {
+        let config = CacheConfig {
+            ttl: Duration::from_millis(40),
+            refresh_after: Duration::from_millis(40),
+            stale_while_overloaded: Duration::from_secs(30),
+            ..CacheConfig::default()
+        };
+        let (c, fake) = setup(config.clone(), 0);
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Past its TTL: revalidated through the known lane, and served when that is shed.
+        fake.set(|| Err(UpstreamError::Overloaded));
+        assert!(is_active(&get(&c, "a").await));
+        // An unknown credential is a first lookup, and shed means 503.
+        assert!(matches!(
+            get(&c, "b").await,
+            Err(UpstreamError::Overloaded)
+        ));
+        assert_eq!(
+            *fake.lanes.lock().unwrap(),
+            [Lane::First, Lane::Known, Lane::First]
+        );
+        // Every slot taken: served at once; its revalidation waits in the background.
+        fake.saturated.store(true, Ordering::SeqCst);
+        fake.set(|| active(3600));
+        let before = fake.calls();
+        assert!(is_active(&get(&c, "a").await));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(fake.calls(), before + 1);
+        // Never when the client asks for a fresh answer, never after an invalidation, never past
+        // the session's own end.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        fake.set(|| Err(UpstreamError::Overloaded));
+        let fresh = Freshness {
+            max_age: Some(Duration::ZERO),
+        };
+        assert!(
+            c.lookup(&cred("a"), &LookupContext::default(), fresh)
+                .await
+                .is_err()
+        );
+        c.invalidate_session("s").await.unwrap();
+        assert!(get(&c, "a").await.is_err());
+        fake.set(|| active(1));
+        fake.saturated.store(false, Ordering::SeqCst);
+        get(&c, "c").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        fake.saturated.store(true, Ordering::SeqCst);
+        fake.set(|| Err(UpstreamError::Overloaded));
+        assert!(get(&c, "c").await.is_err(), "past expires_at");
+        // Off: a shed revalidation is a 503.
+        let (c, fake) = setup(
+            CacheConfig {
+                stale_while_overloaded: Duration::ZERO,
+                ..config
+            },
+            0,
+        );
+        get(&c, "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        fake.set(|| Err(UpstreamError::Overloaded));
+        assert!(get(&c, "a").await.is_err());
     }
 
     #[tokio::test]
