@@ -1,7 +1,9 @@
 //! Many replicas against a real redis-server: shared hits, cross-replica invalidation, Redis
 //! killed mid-load (zero failed checks), restart restores sharing and pub/sub, and the degraded
 //! TTL bounds revocation while the subscription is down. Plus a two-process propagation
-//! measurement with the real binary (printed, not asserted against a time).
+//! measurement with the real binary (printed, not asserted against a time). And the same for
+//! OAuth2 introspection answers: shared by replicas, invalidated on every replica by subject or
+//! client id, forged or moved entries dropped.
 
 mod support;
 

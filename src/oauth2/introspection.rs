@@ -440,7 +440,7 @@ impl IntrospectionCache {
         for attempt in 0..2 {
             let started = Instant::now();
             if attempt == 0
-                && let Some(e) = self.from_shared(&key, started).await
+                && let Some(e) = self.read_shared(&key, started).await
             {
                 return Ok(e);
             }
@@ -488,7 +488,7 @@ impl IntrospectionCache {
     /// The shared tier's answer for `key`, remembered here, unless the tier has none we can
     /// use or an invalidation since `started` covers it. Whatever the tier holds is re-capped
     /// by our own lifetimes and `exp`; anything unusable is counted and treated as a miss.
-    async fn from_shared(&self, key: &[u8; 32], started: Instant) -> Option<Arc<Entry>> {
+    async fn read_shared(&self, key: &[u8; 32], started: Instant) -> Option<Arc<Entry>> {
         let tier = self.healthy_tier()?;
         let stored = match tier.get(key).await {
             SharedRead::Found(stored) => stored,
