@@ -882,6 +882,86 @@ mod tests {
         assert_eq!(s.hits("/introspect"), 2);
     }
 
+    /// A shared tier in memory that can be made unhealthy, counting its calls.
+    #[derive(Debug, Default)]
+    struct MemoryTier {
+        entries: Mutex<HashMap<[u8; 32], StoredAnswer>>,
+        broadcasts: Mutex<Vec<AnswerInvalidation>>,
+        unhealthy: std::sync::atomic::AtomicBool,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    impl IntrospectionTier for MemoryTier {
+        fn get<'a>(
+            &'a self,
+            key: &'a [u8; 32],
+        ) -> super::super::shared::TierFuture<'a, SharedRead> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let found = lock(&self.entries).get(key).cloned();
+            Box::pin(async move { found.map_or(SharedRead::Miss, SharedRead::Found) })
+        }
+        fn put(self: Arc<Self>, key: [u8; 32], answer: StoredAnswer, _: Duration) {
+            lock(&self.entries).insert(key, answer);
+        }
+        fn broadcast<'a>(
+            &'a self,
+            inv: &'a AnswerInvalidation,
+        ) -> super::super::shared::TierFuture<'a, bool> {
+            lock(&self.broadcasts).push(inv.clone());
+            Box::pin(async { true })
+        }
+        fn healthy(&self) -> bool {
+            !self.unhealthy.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_tier_is_asked_on_misses_told_of_invalidations_and_skipped_while_degraded() {
+        let s = server().await;
+        let cfg = config(&s);
+        let tier = Arc::new(MemoryTier::default());
+        let cache = |tier: &Arc<MemoryTier>, degraded_ttl| {
+            let client = IntrospectionClient::new(&cfg, Arc::default()).unwrap();
+            let shared = tier.clone() as Arc<dyn IntrospectionTier>;
+            IntrospectionCache::new(
+                &cfg,
+                Arc::new(client),
+                Arc::new(Oauth2Metrics::default()),
+                Some("shared secret"),
+                Some((shared, degraded_ttl)),
+            )
+        };
+        let (a, b) = (
+            cache(&tier, Duration::from_secs(60)),
+            cache(&tier, Duration::ZERO),
+        );
+        assert!(active(&a.lookup("active-alice-app").await));
+        assert!(active(&b.lookup("active-alice-app").await));
+        assert_eq!(s.hits("/introspect"), 1, "B found A's answer in the tier");
+        assert_eq!(b.inner.metrics.shared_count("hit"), 1);
+
+        assert_eq!(a.invalidate_client("app").await, Ok(1));
+        assert_eq!(
+            *lock(&tier.broadcasts),
+            [AnswerInvalidation::Client("app".into())]
+        );
+        // What the subscriber does on B.
+        assert_eq!(b.apply_remote(AnswerInvalidation::Client("app".into())), 1);
+
+        // Degraded (B's degraded_ttl is zero): its own answers are not trusted, the tier is
+        // neither read nor written, the endpoint is asked every time.
+        tier.unhealthy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lock(&tier.entries).clear();
+        let gets = tier.gets.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(active(&b.lookup("active-bob-app").await));
+        }
+        assert_eq!(s.hits("/introspect"), 4);
+        assert_eq!(tier.gets.load(std::sync::atomic::Ordering::SeqCst), gets);
+        assert!(lock(&tier.entries).is_empty());
+    }
+
     #[tokio::test]
     async fn concurrency_is_bounded_with_a_bounded_wait() {
         let s = server().await;
