@@ -119,8 +119,13 @@ impl Admin {
         }
     }
 
-    /// Drops this replica's cached introspection answers of one subject or client.
-    pub fn invalidate_oauth2(&self, target: OAuth2Target<'_>, via: Via) -> Result<u64, AdminError> {
+    /// Drops the cached introspection answers of one subject or client (every replica, with
+    /// Redis).
+    pub async fn invalidate_oauth2(
+        &self,
+        target: OAuth2Target<'_>,
+        via: Via,
+    ) -> Result<u64, AdminError> {
         let (field, id) = match target {
             OAuth2Target::Subject(s) => ("subject", s),
             OAuth2Target::Client(c) => ("client_id", c),
@@ -129,19 +134,14 @@ impl Admin {
         if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AdminError::BadId(BadId { field }));
         }
-        let n = match (&self.introspection, target) {
-            (None, _) => 0,
-            (Some(c), OAuth2Target::Subject(s)) => c.invalidate_subject(s),
-            (Some(c), OAuth2Target::Client(id)) => c.invalidate_client(id),
-        } as u64;
-        tracing::info!(
-            via = via.as_str(),
-            what = field,
-            id,
-            invalidated = n,
-            "oauth2 answers invalidated"
-        );
-        Ok(n)
+        let result = match (&self.introspection, target) {
+            (None, _) => Ok(0),
+            (Some(c), OAuth2Target::Subject(s)) => c.invalidate_subject(s).await,
+            (Some(c), OAuth2Target::Client(id)) => c.invalidate_client(id).await,
+        }
+        .map_err(|e| BroadcastFailed { local: e.local });
+        log(via, field, id, &result);
+        Ok(result?)
     }
 
     /// Drops every entry of one Kratos session (every replica, with Redis).

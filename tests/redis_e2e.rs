@@ -1,7 +1,9 @@
 //! Many replicas against a real redis-server: shared hits, cross-replica invalidation, Redis
 //! killed mid-load (zero failed checks), restart restores sharing and pub/sub, and the degraded
 //! TTL bounds revocation while the subscription is down. Plus a two-process propagation
-//! measurement with the real binary (printed, not asserted against a time).
+//! measurement with the real binary (printed, not asserted against a time). And the same for
+//! OAuth2 introspection answers: shared by replicas, invalidated on every replica by subject or
+//! client id, forged or moved entries dropped.
 
 mod support;
 
@@ -524,4 +526,266 @@ async fn refresh_ahead_with_redis_reaches_kratos() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(kratos.calls(), 2, "the refresh reached Kratos");
+}
+
+// --- OAuth2 introspection answers shared through Redis ---------------------------------------
+
+/// A replica that takes opaque OAuth2 tokens on `/api/**`, introspected at the fake's
+/// `/admin/oauth2/introspect`.
+fn token_replica_config(kratos: &FakeKratos, redis: &Redis) -> sessiongate::config::Config {
+    use sessiongate::config::{ClientAuth, CredentialKind, IntrospectionConfig};
+    let mut c = replica_config(kratos, redis);
+    c.oauth2_introspection = Some(IntrospectionConfig::new(
+        format!("{}/admin/oauth2/introspect", kratos.url()),
+        ClientAuth::None,
+    ));
+    let mut api = rule("api", &["/api/**"]);
+    api.credentials = vec![CredentialKind::Oauth2];
+    c.routes.rules = vec![api];
+    c
+}
+
+/// A redis-server, the fake (whoami and introspection), and two replicas subscribed.
+async fn token_replicas() -> (Redis, FakeKratos, Gate, Gate) {
+    let redis = Redis::start().await;
+    let fake = FakeKratos::start().await;
+    let a = Gate::start(token_replica_config(&fake, &redis)).await;
+    let b = Gate::start(token_replica_config(&fake, &redis)).await;
+    wait_subscribed(&a).await;
+    wait_subscribed(&b).await;
+    (redis, fake, a, b)
+}
+
+/// A check of `/api/x` with this bearer token.
+fn bearer(token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    let mut req = check_request(&[("authorization", &format!("Bearer {token}"))], &[]);
+    let http = http_mut(&mut req);
+    http.path = "/api/x".into();
+    http.headers.insert(":path".into(), "/api/x".into());
+    req
+}
+
+/// Is a check with this bearer token on `/api/x` allowed? (A gRPC error panics.)
+async fn token_allowed(gate: &Gate, token: &str) -> bool {
+    let r = gate.client().await.check(bearer(token)).await.unwrap();
+    r.into_inner().status.unwrap().code == 0
+}
+
+/// Waits until `gate` has written `n` introspection answers to Redis (writes are background).
+async fn wait_token_writes(gate: &Gate, n: f64) {
+    assert!(
+        wait_metric(
+            gate,
+            "redis_operations_total",
+            "op=\"token_set\",result=\"ok\"",
+            n,
+            Duration::from_secs(2)
+        )
+        .await,
+        "the answer never reached Redis"
+    );
+}
+
+/// The Redis key of a token's introspection answer, as every replica computes it.
+fn token_redis_key(token: &str) -> String {
+    let key = blake3::derive_key("sessiongate 2026 introspection cache v1", SECRET.as_bytes());
+    format!(
+        "sessiongate:tok:{}",
+        sessiongate::session::cache::key::hex(
+            blake3::keyed_hash(&key, token.as_bytes()).as_bytes()
+        )
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_answers_are_shared_by_replicas() {
+    let (redis, fake, a, b) = token_replicas().await;
+
+    let token = "ory_at_valid-shared-00000001";
+    assert!(token_allowed(&a, token).await);
+    wait_token_writes(&a, 1.0).await;
+    assert!(token_allowed(&b, token).await);
+    assert!(token_allowed(&b, token).await);
+    assert_eq!(
+        fake.introspections(),
+        1,
+        "B answered from Redis, then from its own cache"
+    );
+    assert_eq!(
+        metric(&b, "introspection_shared_total", "result=\"hit\"").await,
+        1.0
+    );
+
+    // Inactive answers are shared too (for negative_ttl).
+    assert!(!token_allowed(&a, "ory_at_unknown-token").await);
+    wait_token_writes(&a, 2.0).await;
+    assert!(!token_allowed(&b, "ory_at_unknown-token").await);
+    assert_eq!(fake.introspections(), 2);
+    assert_eq!(
+        metric(&b, "introspection_shared_total", "result=\"negative\"").await,
+        1.0
+    );
+
+    // Only the keyed hash of a token is in Redis, never the token.
+    let mut conn = attacker(&redis).await;
+    let keys: Vec<String> = ::redis::AsyncCommands::keys(&mut conn, "*").await.unwrap();
+    assert!(keys.contains(&token_redis_key(token)), "{keys:?}");
+    for k in &keys {
+        let v: Vec<u8> = ::redis::cmd("DUMP")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !k.contains("ory_at_") && !String::from_utf8_lossy(&v).contains("ory_at_"),
+            "{k}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_invalidation_by_client_or_subject_reaches_every_replica() {
+    use sessiongate::admin_pb::InvalidateOAuth2Request;
+    let (redis, fake, a, b) = token_replicas().await;
+    let mut a_admin = admin_client(a.grpc, TOKEN).await;
+    let mut b_admin = admin_client(b.grpc, TOKEN).await;
+
+    // By subject, on B: A's own copy is dropped and so is Redis' — A asks the endpoint, which
+    // now says inactive.
+    let t2 = "ory_at_valid-subject-00000002";
+    assert!(token_allowed(&b, t2).await);
+    wait_token_writes(&b, 1.0).await;
+    assert!(token_allowed(&a, t2).await);
+    assert_eq!(fake.introspections(), 1);
+    fake.revoke_token(t2);
+    let n = b_admin
+        .invalidate_o_auth2(InvalidateOAuth2Request {
+            subject: "sub-00000002".into(),
+            client_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invalidated;
+    assert_eq!(n, 1, "B's own answer");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !token_allowed(&a, t2).await
+        })
+        .await,
+        "the invalidation on B never reached A"
+    );
+    assert_eq!(
+        fake.introspections(),
+        2,
+        "A asked the endpoint once, B not at all"
+    );
+    let mut conn = attacker(&redis).await;
+    let left: bool = ::redis::AsyncCommands::exists(&mut conn, "sessiongate:tok:sub:sub-00000002")
+        .await
+        .unwrap();
+    assert!(!left, "the subject's index set is gone with its entries");
+    wait_token_writes(&a, 1.0).await;
+    assert!(!token_allowed(&b, t2).await, "B shares A's new answer");
+    assert_eq!(fake.introspections(), 2);
+
+    // By client id, on A: B's copy and Redis' go.
+    let t1 = "ory_at_valid-client-00000001";
+    assert!(token_allowed(&a, t1).await);
+    wait_token_writes(&a, 2.0).await;
+    assert!(token_allowed(&b, t1).await);
+    assert_eq!(fake.introspections(), 3);
+    fake.revoke_token(t1);
+    a_admin
+        .invalidate_o_auth2(InvalidateOAuth2Request {
+            subject: String::new(),
+            client_id: "bench".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !token_allowed(&b, t1).await
+        })
+        .await,
+        "the invalidation on A never reached B"
+    );
+    assert_eq!(fake.introspections(), 4);
+}
+
+/// Whoever can write to Redis without `cache.key_secret` cannot plant or move an introspection
+/// answer: the entry is dropped (counted), the endpoint is asked, the client sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_moved_introspection_answers_are_dropped() {
+    use ::redis::AsyncCommands;
+    let (redis, fake, a, b) = token_replicas().await;
+    let (t1, t2) = (
+        "ory_at_valid-forged-00000001",
+        "ory_at_valid-forged-00000002",
+    );
+    assert!(token_allowed(&a, t1).await);
+    assert!(!token_allowed(&a, "ory_at_inactive").await);
+    wait_token_writes(&a, 2.0).await;
+    assert_eq!(fake.introspections(), 2);
+    let mut evil = attacker(&redis).await;
+
+    // 1. The inactive answer moved to an active token's key (t2, not yet seen): refused, and
+    //    the endpoint says active.
+    let inactive: Vec<u8> = evil.get(token_redis_key("ory_at_inactive")).await.unwrap();
+    let _: () = evil.set(token_redis_key(t2), &inactive).await.unwrap();
+    assert!(
+        token_allowed(&b, t2).await,
+        "a moved entry is bound to its key"
+    );
+    assert_eq!(fake.introspections(), 3);
+
+    // 2. A genuine entry with its claims altered (the MAC kept): refused.
+    let stored: Vec<u8> = evil.get(token_redis_key(t1)).await.unwrap();
+    let text = String::from_utf8(stored).unwrap();
+    assert!(text.contains("sub-00000001"), "{text}");
+    let _: () = evil
+        .set(
+            token_redis_key(t1),
+            text.replace("sub-00000001", "sub-admin001"),
+        )
+        .await
+        .unwrap();
+    let m = allowed(
+        &b.client()
+            .await
+            .check(bearer(t1))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let claims = verify(&b, &m.set["authorization"], "app").await;
+    assert_eq!(
+        claims["sub"], "sub-00000001",
+        "the forged subject never reached a token"
+    );
+    assert_eq!(fake.introspections(), 4);
+
+    // 3. An unsealed answer planted for an unknown token: not taken.
+    let exp = chrono::Utc::now().timestamp_millis() as u64 + 3_600_000;
+    let planted =
+        serde_json::json!({"claims": {"active": true, "sub": "root"}, "exp": exp, "until": exp});
+    let _: () = evil
+        .set(token_redis_key("ory_at_ghost"), planted.to_string())
+        .await
+        .unwrap();
+    assert!(!token_allowed(&b, "ory_at_ghost").await);
+    assert_eq!(fake.introspections(), 5);
+
+    assert_eq!(
+        metric(&b, "introspection_shared_total", "result=\"forged\"").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&b, "introspection_shared_total", "result=\"malformed\"").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&b, "introspection_shared_total", "result=\"hit\"").await,
+        0.0
+    );
 }

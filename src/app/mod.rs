@@ -2,11 +2,13 @@
 //! readiness, and shuts down gracefully (readiness false → optional delay → stop accepting →
 //! in-flight checks finish, bounded by `shutdown.drain_timeout`).
 
+mod introspection_tier;
 mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -67,10 +69,12 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// The JWT issuers and the introspection cache from `jwt_issuers:` / `oauth2_introspection:`.
+/// The JWT issuers and the introspection cache from `jwt_issuers:` / `oauth2_introspection:`;
+/// with Redis, introspection answers are shared through it.
 fn token_sources(
     config: &Config,
     metrics: &Arc<crate::oauth2::Oauth2Metrics>,
+    redis: Option<&Arc<crate::session::redis::RedisTier>>,
 ) -> anyhow::Result<crate::authz::TokenSources> {
     let key_secret = config.cache.key_secret.as_deref();
     let jwks = crate::oauth2::JwksClient::new(metrics.clone(), config.whoami.connect_timeout);
@@ -82,8 +86,19 @@ fn token_sources(
     }
     let introspection = match &config.oauth2_introspection {
         Some(c) => Some(Arc::new(
-            crate::oauth2::IntrospectionCache::from_config(c, metrics.clone(), key_secret)
-                .map_err(|e| anyhow::anyhow!("oauth2_introspection: {e}"))?,
+            crate::oauth2::IntrospectionCache::from_config_shared(
+                c,
+                metrics.clone(),
+                key_secret,
+                redis.map(|r| {
+                    let tier = introspection_tier::RedisIntrospectionTier(r.clone());
+                    (
+                        Arc::new(tier) as Arc<dyn crate::oauth2::IntrospectionTier>,
+                        config.redis.degraded_ttl,
+                    )
+                }),
+            )
+            .map_err(|e| anyhow::anyhow!("oauth2_introspection: {e}"))?,
         )),
         None => None,
     };
@@ -123,7 +138,27 @@ impl App {
         config.validate()?;
         let oauth2_metrics = Arc::new(crate::oauth2::Oauth2Metrics::default());
         let metrics = Metrics::with_extra(|r| oauth2_metrics.register(r));
-        let tokens = token_sources(&config, &oauth2_metrics)?;
+        // A lookup lasts at most the wait for a slot plus the deadline (whoami or introspection):
+        // an invalidation's tombstone in Redis outlives any write of an answer fetched before it.
+        let session_fetch = config.whoami.timeout + config.whoami.queue_timeout;
+        let max_fetch = session_fetch.max(
+            config
+                .oauth2_introspection
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.timeout + c.queue_timeout),
+        );
+        let shared = if config.redis.enabled() {
+            Some(crate::session::redis::RedisTier::new(
+                &config.redis,
+                // validate() requires the shared secret whenever Redis is on.
+                config.cache.key_secret.as_deref().unwrap_or_default(),
+                metrics.clone(),
+                max_fetch,
+            )?)
+        } else {
+            None
+        };
+        let tokens = token_sources(&config, &oauth2_metrics, shared.as_ref())?;
         let introspection = tokens.introspection.clone();
         let keys = crate::token::load_keys(&config.jwt)?;
         let minter = Arc::new(Minter::new(
@@ -156,24 +191,11 @@ impl App {
             metrics.clone(),
             config.tracing.enabled,
         )?;
-        // A lookup lasts at most the wait for a whoami slot plus the whoami deadline.
-        let max_fetch = config.whoami.timeout + config.whoami.queue_timeout;
-        let shared = if config.redis.enabled() {
-            Some(crate::session::redis::RedisTier::new(
-                &config.redis,
-                // validate() requires the shared secret whenever Redis is on.
-                config.cache.key_secret.as_deref().unwrap_or_default(),
-                metrics.clone(),
-                max_fetch,
-            )?)
-        } else {
-            None
-        };
         let cache = Arc::new(SessionCache::with_shared(
             &config.cache,
             Arc::new(whoami),
             metrics.clone(),
-            max_fetch,
+            session_fetch,
             shared
                 .clone()
                 .map(|s| (s as Arc<dyn SharedTier>, config.redis.degraded_ttl)),
@@ -181,11 +203,16 @@ impl App {
         let background = CancellationToken::new();
         if let Some(shared) = &shared {
             let remote_cache = cache.clone();
-            shared.start(
+            let on_notice = introspection.clone().map(|answers| {
+                Arc::new(move |notice| introspection_tier::apply(&answers, notice))
+                    as crate::session::redis::NoticeHandler
+            });
+            shared.start_with(
                 Arc::new(move |inv| {
                     let cache = remote_cache.clone();
                     tokio::spawn(async move { cache.apply_remote(inv).await });
                 }),
+                on_notice,
                 background.clone(),
             );
         }

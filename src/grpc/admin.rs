@@ -112,6 +112,7 @@ impl AdminApi for AdminService {
         let invalidated = self
             .admin
             .invalidate_oauth2(target, Via::Api)
+            .await
             .map_err(status)?;
         Ok(Response::new(InvalidateResponse { invalidated }))
     }

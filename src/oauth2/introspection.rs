@@ -4,6 +4,13 @@
 //! active for min(`ttl`, exp − now), inactive for `negative_ttl`, errors never. Concurrent
 //! lookups of one token share one call. Answers can be dropped by token, subject, client id or
 //! all at once; tombstones keep a call already in flight from bringing them back.
+//!
+//! With a shared tier ([`super::shared::IntrospectionTier`], Redis), a miss here asks the tier
+//! before the endpoint, every answer the endpoint gives is stored there for the same lifetime,
+//! and invalidations reach every replica (the tier deletes its copies; each replica's
+//! subscriber calls [`IntrospectionCache::apply_remote`]). While the tier says it is not
+//! receiving invalidations (degraded), answers here are trusted for at most
+//! `redis.degraded_ttl` and the tier is neither read nor written.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +27,9 @@ use tokio::sync::Semaphore;
 
 use super::fetch::{self, FetchError};
 use super::metrics::Oauth2Metrics;
+use super::shared::{
+    AnswerInvalidation, IntrospectionTier, NotBroadcast, SharedRead, StoredAnswer,
+};
 use super::{Outcome, Rejection, SourceError, TokenHasher, TokenPrincipal, lock};
 use crate::config::{ClientAuth, IntrospectionConfig};
 use crate::telemetry::{ResultLabel, StatusLabel};
@@ -175,12 +185,7 @@ impl IntrospectionClient {
         if !active {
             return Some(Introspected::Inactive);
         }
-        // A refresh token is "active" too (Hydra says `token_use: refresh_token`); it is not an
-        // access token.
-        if v.get("token_use")
-            .and_then(Value::as_str)
-            .is_some_and(|u| u != "access_token")
-        {
+        if !is_access_token(&v) {
             return Some(Introspected::Inactive);
         }
         let now = SystemTime::now();
@@ -197,6 +202,15 @@ impl IntrospectionClient {
     }
 }
 
+/// A refresh token is "active" too (Hydra says `token_use: refresh_token`); it is not an
+/// access token.
+pub(super) fn is_access_token(answer: &Value) -> bool {
+    answer
+        .get("token_use")
+        .and_then(Value::as_str)
+        .is_none_or(|u| u == "access_token")
+}
+
 impl Introspector for IntrospectionClient {
     fn introspect<'a>(&'a self, token: &'a str) -> IntrospectFuture<'a> {
         Box::pin(self.call(token))
@@ -208,6 +222,8 @@ impl Introspector for IntrospectionClient {
 struct Entry {
     principal: Option<Arc<TokenPrincipal>>,
     until: Instant,
+    /// When it was remembered (bounds its use while the shared tier is degraded).
+    stored_at: Instant,
     weight: u32,
 }
 
@@ -243,6 +259,10 @@ struct Inner {
     tombs: Mutex<Vec<(Tomb, Instant)>>,
     tomb_ttl: Duration,
     metrics: Arc<Oauth2Metrics>,
+    /// The tier shared by replicas, if any.
+    shared: Option<Arc<dyn IntrospectionTier>>,
+    /// How long an answer is trusted while the shared tier misses invalidations.
+    degraded_ttl: Duration,
 }
 
 /// The cache in front of an [`Introspector`].
@@ -261,12 +281,15 @@ impl std::fmt::Debug for IntrospectionCache {
 
 impl IntrospectionCache {
     /// A cache in front of `source` with `config`'s lifetimes, scopes and size.
-    /// `key_secret` keys the token hash (random per process when `None`).
+    /// `key_secret` keys the token hash (random per process when `None`; a shared tier needs
+    /// the shared secret so replicas agree on keys). `shared`: the tier shared by replicas and
+    /// how long answers are trusted while it misses invalidations.
     pub fn new(
         config: &IntrospectionConfig,
         source: Arc<dyn Introspector>,
         metrics: Arc<Oauth2Metrics>,
         key_secret: Option<&str>,
+        shared: Option<(Arc<dyn IntrospectionTier>, Duration)>,
     ) -> IntrospectionCache {
         IntrospectionCache {
             inner: Arc::new(Inner {
@@ -285,6 +308,8 @@ impl IntrospectionCache {
                 tombs: Mutex::default(),
                 tomb_ttl: config.queue_timeout + config.timeout + Duration::from_secs(1),
                 metrics,
+                degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
+                shared: shared.map(|(tier, _)| tier),
             }),
         }
     }
@@ -295,8 +320,24 @@ impl IntrospectionCache {
         metrics: Arc<Oauth2Metrics>,
         key_secret: Option<&str>,
     ) -> Result<IntrospectionCache, String> {
+        Self::from_config_shared(config, metrics, key_secret, None)
+    }
+
+    /// Like [`IntrospectionCache::from_config`], with a tier shared by replicas.
+    pub fn from_config_shared(
+        config: &IntrospectionConfig,
+        metrics: Arc<Oauth2Metrics>,
+        key_secret: Option<&str>,
+        shared: Option<(Arc<dyn IntrospectionTier>, Duration)>,
+    ) -> Result<IntrospectionCache, String> {
         let client = IntrospectionClient::new(config, metrics.clone())?;
-        Ok(Self::new(config, Arc::new(client), metrics, key_secret))
+        Ok(Self::new(
+            config,
+            Arc::new(client),
+            metrics,
+            key_secret,
+            shared,
+        ))
     }
 
     fn count(&self, result: &'static str) {
@@ -315,7 +356,7 @@ impl IntrospectionCache {
         }
         let key = self.inner.hasher.key(token);
         if let Some(hit) = self.inner.entries.get(&key)
-            && Instant::now() < hit.until
+            && Instant::now() < self.usable_until(&hit)
         {
             self.count(if hit.principal.is_some() {
                 "hit"
@@ -328,6 +369,31 @@ impl IntrospectionCache {
         self.count(if leader { "miss" } else { "coalesced" });
         let entry = fetch.await?;
         Ok(self.outcome(&entry))
+    }
+
+    /// Until when `entry` may be used: its own end, or sooner while the shared tier misses
+    /// invalidations.
+    fn usable_until(&self, entry: &Entry) -> Instant {
+        if self.degraded() {
+            entry.until.min(
+                entry
+                    .stored_at
+                    .checked_add(self.inner.degraded_ttl)
+                    .unwrap_or(entry.until),
+            )
+        } else {
+            entry.until
+        }
+    }
+
+    /// Is a shared tier configured and not receiving invalidations?
+    fn degraded(&self) -> bool {
+        self.inner.shared.as_ref().is_some_and(|t| !t.healthy())
+    }
+
+    /// The shared tier, while it is receiving invalidations.
+    fn healthy_tier(&self) -> Option<&Arc<dyn IntrospectionTier>> {
+        self.inner.shared.as_ref().filter(|t| t.healthy())
     }
 
     fn outcome(&self, entry: &Entry) -> Outcome {
@@ -369,34 +435,97 @@ impl IntrospectionCache {
         let inner = &self.inner;
         let mut entry = None;
         // An answer from a call that started before an invalidation covering it may predate a
-        // revocation: ask again once, and never cache such an answer.
-        for _ in 0..2 {
+        // revocation: ask again once (the endpoint itself, not the shared tier), and never cache
+        // such an answer.
+        for attempt in 0..2 {
             let started = Instant::now();
+            if attempt == 0
+                && let Some(e) = self.read_shared(&key, started).await
+            {
+                return Ok(e);
+            }
             let answer = inner.source.introspect(token).await?;
-            let now = Instant::now();
             let e = Arc::new(match answer {
                 Introspected::Active(p) => {
-                    let until = now + p.remaining(SystemTime::now()).min(inner.ttl);
-                    let weight = p.weight();
-                    Entry {
-                        principal: Some(Arc::new(p)),
-                        until,
-                        weight,
-                    }
+                    let remaining = p.remaining(SystemTime::now());
+                    self.entry(Some(p), remaining)
                 }
-                Introspected::Inactive => Entry {
-                    principal: None,
-                    until: now + inner.negative_ttl,
-                    weight: 96,
-                },
+                Introspected::Inactive => self.entry(None, inner.negative_ttl),
             });
             if !self.tombstoned(&key, e.principal.as_deref(), started) {
                 inner.entries.insert(key, e.clone());
+                self.share(key, &e);
                 return Ok(e);
             }
             entry = Some(e);
         }
         entry.ok_or(SourceError::Unavailable("internal"))
+    }
+
+    /// An entry for `principal` (`None`: inactive) usable for at most `usable`, capped by our
+    /// own `ttl` (active) or `negative_ttl` (inactive).
+    fn entry(&self, principal: Option<TokenPrincipal>, usable: Duration) -> Entry {
+        let now = Instant::now();
+        match principal {
+            Some(p) => {
+                let weight = p.weight();
+                Entry {
+                    principal: Some(Arc::new(p)),
+                    until: now + usable.min(self.inner.ttl),
+                    stored_at: now,
+                    weight,
+                }
+            }
+            None => Entry {
+                principal: None,
+                until: now + usable.min(self.inner.negative_ttl),
+                stored_at: now,
+                weight: 96,
+            },
+        }
+    }
+
+    /// The shared tier's answer for `key`, remembered here, unless the tier has none we can
+    /// use or an invalidation since `started` covers it. Whatever the tier holds is re-capped
+    /// by our own lifetimes and `exp`; anything unusable is counted and treated as a miss.
+    async fn read_shared(&self, key: &[u8; 32], started: Instant) -> Option<Arc<Entry>> {
+        let tier = self.healthy_tier()?;
+        let stored = match tier.get(key).await {
+            SharedRead::Found(stored) => stored,
+            SharedRead::Miss => {
+                self.inner.metrics.shared("miss");
+                return None;
+            }
+            SharedRead::Rejected(reason) => {
+                self.inner.metrics.shared(reason);
+                return None;
+            }
+        };
+        let Some((principal, usable)) = stored.decode(SystemTime::now()) else {
+            self.inner.metrics.shared("unusable");
+            return None;
+        };
+        let e = Arc::new(self.entry(principal, usable));
+        if self.tombstoned(key, e.principal.as_deref(), started) {
+            self.inner.metrics.shared("tombstoned");
+            return None;
+        }
+        self.inner.metrics.shared(if e.principal.is_some() {
+            "hit"
+        } else {
+            "negative"
+        });
+        self.inner.entries.insert(*key, e.clone());
+        Some(e)
+    }
+
+    /// Stores an answer from the endpoint in the shared tier, for as long as it is usable here.
+    fn share(&self, key: [u8; 32], e: &Entry) {
+        if let Some(tier) = self.healthy_tier() {
+            let usable = e.until.saturating_duration_since(Instant::now());
+            let stored = StoredAnswer::new(e.principal.as_deref(), usable);
+            tier.clone().put(key, stored, usable);
+        }
     }
 
     fn tombstoned(&self, key: &[u8; 32], p: Option<&TokenPrincipal>, since: Instant) -> bool {
@@ -418,7 +547,7 @@ impl IntrospectionCache {
         lock(&self.inner.tombs).push((tomb, Instant::now()));
     }
 
-    fn invalidate_where(&self, tomb: Tomb, matches: impl Fn(&TokenPrincipal) -> bool) -> usize {
+    fn invalidate_where(&self, tomb: Tomb, matches: impl Fn(&TokenPrincipal) -> bool) -> u64 {
         self.bury(tomb);
         let keys: Vec<_> = self
             .inner
@@ -430,34 +559,66 @@ impl IntrospectionCache {
         for k in &keys {
             self.inner.entries.invalidate(k);
         }
-        keys.len()
+        keys.len() as u64
     }
 
-    /// Drops every answer for tokens of `subject` (`sub`); returns how many.
-    pub fn invalidate_subject(&self, subject: &str) -> usize {
-        self.invalidate_where(Tomb::Subject(subject.to_owned()), |p| {
-            p.subject.as_deref() == Some(subject)
-        })
+    /// Applies an invalidation here only (one received from another replica); returns how
+    /// many answers were dropped.
+    pub fn apply_remote(&self, inv: AnswerInvalidation) -> u64 {
+        match inv {
+            AnswerInvalidation::Token(key) => {
+                self.bury(Tomb::Key(key));
+                u64::from(self.inner.entries.remove(&key).is_some())
+            }
+            AnswerInvalidation::Subject(subject) => self
+                .invalidate_where(Tomb::Subject(subject.clone()), |p| {
+                    p.subject.as_deref() == Some(subject.as_str())
+                }),
+            AnswerInvalidation::Client(client_id) => self
+                .invalidate_where(Tomb::Client(client_id.clone()), |p| {
+                    p.client_id.as_deref() == Some(client_id.as_str())
+                }),
+            AnswerInvalidation::All => {
+                self.bury(Tomb::All);
+                self.inner.entries.run_pending_tasks();
+                let n = self.inner.entries.entry_count();
+                self.inner.entries.invalidate_all();
+                n
+            }
+        }
     }
 
-    /// Drops every answer for tokens issued to `client_id`; returns how many.
-    pub fn invalidate_client(&self, client_id: &str) -> usize {
-        self.invalidate_where(Tomb::Client(client_id.to_owned()), |p| {
-            p.client_id.as_deref() == Some(client_id)
-        })
+    /// Applies an invalidation here and, with a shared tier, on every replica and in the tier.
+    /// `Err` when the tier could not be told (this replica's answers are dropped anyway).
+    async fn invalidate(&self, inv: AnswerInvalidation) -> Result<u64, NotBroadcast> {
+        let local = self.apply_remote(inv.clone());
+        match &self.inner.shared {
+            Some(tier) if !tier.broadcast(&inv).await => Err(NotBroadcast { local }),
+            _ => Ok(local),
+        }
     }
 
-    /// Drops the answer for one token; returns whether there was one.
-    pub fn invalidate_token(&self, token: &str) -> bool {
+    /// Drops every answer for tokens of `subject` (`sub`); returns how many were held here.
+    pub async fn invalidate_subject(&self, subject: &str) -> Result<u64, NotBroadcast> {
+        self.invalidate(AnswerInvalidation::Subject(subject.to_owned()))
+            .await
+    }
+
+    /// Drops every answer for tokens issued to `client_id`; returns how many were held here.
+    pub async fn invalidate_client(&self, client_id: &str) -> Result<u64, NotBroadcast> {
+        self.invalidate(AnswerInvalidation::Client(client_id.to_owned()))
+            .await
+    }
+
+    /// Drops the answer for one token; returns whether one was held here.
+    pub async fn invalidate_token(&self, token: &str) -> Result<bool, NotBroadcast> {
         let key = self.inner.hasher.key(token);
-        self.bury(Tomb::Key(key));
-        self.inner.entries.remove(&key).is_some()
+        Ok(self.invalidate(AnswerInvalidation::Token(key)).await? == 1)
     }
 
-    /// Drops every answer.
-    pub fn invalidate_all(&self) {
-        self.bury(Tomb::All);
-        self.inner.entries.invalidate_all();
+    /// Drops every answer; returns how many were held here.
+    pub async fn invalidate_all(&self) -> Result<u64, NotBroadcast> {
+        self.invalidate(AnswerInvalidation::All).await
     }
 
     /// Entries held (approximate; pending maintenance is run first).
@@ -686,8 +847,8 @@ mod tests {
             c.lookup(t).await.unwrap();
         }
         assert_eq!(s.hits("/introspect"), 4);
-        assert_eq!(c.invalidate_subject("alice"), 2);
-        assert_eq!(c.invalidate_subject("alice"), 0);
+        assert_eq!(c.invalidate_subject("alice").await, Ok(2));
+        assert_eq!(c.invalidate_subject("alice").await, Ok(0));
         c.lookup("active-alice-app").await.unwrap();
         c.lookup("active-bob-app").await.unwrap();
         assert_eq!(
@@ -695,11 +856,11 @@ mod tests {
             5,
             "only alice's token was asked again"
         );
-        assert_eq!(c.invalidate_client("app"), 2);
+        assert_eq!(c.invalidate_client("app").await, Ok(2));
         c.lookup("active-alice-cli").await.unwrap();
-        assert!(c.invalidate_token("active-alice-cli"));
-        assert!(!c.invalidate_token("active-alice-cli"));
-        c.invalidate_all();
+        assert_eq!(c.invalidate_token("active-alice-cli").await, Ok(true));
+        assert_eq!(c.invalidate_token("active-alice-cli").await, Ok(false));
+        c.invalidate_all().await.unwrap();
         assert_eq!(c.entry_count(), 0);
     }
 
@@ -711,7 +872,7 @@ mod tests {
         let c2 = c.clone();
         let pending = tokio::spawn(async move { c2.lookup("active-alice-app").await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        c.invalidate_subject("alice");
+        c.invalidate_subject("alice").await.unwrap();
         assert!(active(&pending.await.unwrap()));
         // The answer that predates the invalidation was asked again, and the second, newer
         // answer is the one kept.
@@ -719,6 +880,86 @@ mod tests {
         s.set_delay(Duration::ZERO);
         c.lookup("active-alice-app").await.unwrap();
         assert_eq!(s.hits("/introspect"), 2);
+    }
+
+    /// A shared tier in memory that can be made unhealthy, counting its calls.
+    #[derive(Debug, Default)]
+    struct MemoryTier {
+        entries: Mutex<HashMap<[u8; 32], StoredAnswer>>,
+        broadcasts: Mutex<Vec<AnswerInvalidation>>,
+        unhealthy: std::sync::atomic::AtomicBool,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    impl IntrospectionTier for MemoryTier {
+        fn get<'a>(
+            &'a self,
+            key: &'a [u8; 32],
+        ) -> super::super::shared::TierFuture<'a, SharedRead> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let found = lock(&self.entries).get(key).cloned();
+            Box::pin(async move { found.map_or(SharedRead::Miss, SharedRead::Found) })
+        }
+        fn put(self: Arc<Self>, key: [u8; 32], answer: StoredAnswer, _: Duration) {
+            lock(&self.entries).insert(key, answer);
+        }
+        fn broadcast<'a>(
+            &'a self,
+            inv: &'a AnswerInvalidation,
+        ) -> super::super::shared::TierFuture<'a, bool> {
+            lock(&self.broadcasts).push(inv.clone());
+            Box::pin(async { true })
+        }
+        fn healthy(&self) -> bool {
+            !self.unhealthy.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_tier_is_asked_on_misses_told_of_invalidations_and_skipped_while_degraded() {
+        let s = server().await;
+        let cfg = config(&s);
+        let tier = Arc::new(MemoryTier::default());
+        let cache = |tier: &Arc<MemoryTier>, degraded_ttl| {
+            let client = IntrospectionClient::new(&cfg, Arc::default()).unwrap();
+            let shared = tier.clone() as Arc<dyn IntrospectionTier>;
+            IntrospectionCache::new(
+                &cfg,
+                Arc::new(client),
+                Arc::new(Oauth2Metrics::default()),
+                Some("shared secret"),
+                Some((shared, degraded_ttl)),
+            )
+        };
+        let (a, b) = (
+            cache(&tier, Duration::from_secs(60)),
+            cache(&tier, Duration::ZERO),
+        );
+        assert!(active(&a.lookup("active-alice-app").await));
+        assert!(active(&b.lookup("active-alice-app").await));
+        assert_eq!(s.hits("/introspect"), 1, "B found A's answer in the tier");
+        assert_eq!(b.inner.metrics.shared_count("hit"), 1);
+
+        assert_eq!(a.invalidate_client("app").await, Ok(1));
+        assert_eq!(
+            *lock(&tier.broadcasts),
+            [AnswerInvalidation::Client("app".into())]
+        );
+        // What the subscriber does on B.
+        assert_eq!(b.apply_remote(AnswerInvalidation::Client("app".into())), 1);
+
+        // Degraded (B's degraded_ttl is zero): its own answers are not trusted, the tier is
+        // neither read nor written, the endpoint is asked every time.
+        tier.unhealthy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        lock(&tier.entries).clear();
+        let gets = tier.gets.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(active(&b.lookup("active-bob-app").await));
+        }
+        assert_eq!(s.hits("/introspect"), 4);
+        assert_eq!(tier.gets.load(std::sync::atomic::Ordering::SeqCst), gets);
+        assert!(lock(&tier.entries).is_empty());
     }
 
     #[tokio::test]

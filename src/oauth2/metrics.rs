@@ -35,6 +35,10 @@ pub struct Oauth2Metrics {
     pub introspection_in_flight: Gauge,
     /// `sessiongate_introspection_shed_total`.
     pub introspection_shed: Counter,
+    /// `sessiongate_introspection_shared_total{result}`: reads of the shared tier (Redis) on a
+    /// miss here: `hit`, `negative` (an inactive answer), `miss`, or why an entry was not used
+    /// (`forged`, `malformed`, `oversized`, `old_generation`, `unusable`, `tombstoned`).
+    pub introspection_shared: Family<ResultLabel, Counter>,
 }
 
 impl Oauth2Metrics {
@@ -70,6 +74,25 @@ impl Oauth2Metrics {
             "Introspection lookups refused because the concurrency limit stayed full",
             self.introspection_shed.clone(),
         );
+        registry.register(
+            "introspection_shared",
+            "Reads of introspection answers from the shared tier (Redis) by result: hit, negative, miss, or why an entry was dropped",
+            self.introspection_shared.clone(),
+        );
+    }
+
+    /// Counts one read of the shared tier.
+    pub fn shared(&self, result: &'static str) {
+        self.introspection_shared
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Reads of the shared tier with `result`.
+    pub fn shared_count(&self, result: &'static str) -> u64 {
+        self.introspection_shared
+            .get_or_create(&ResultLabel { result })
+            .get()
     }
 
     /// Counts one JWT verification result.

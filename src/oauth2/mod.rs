@@ -2,12 +2,15 @@
 //! against an issuer's JWKS ([`jwt`], keys from [`jwks`]) and opaque tokens asked of an RFC 7662
 //! introspection endpoint ([`introspection`]). Both answer with a [`TokenPrincipal`] or say why
 //! not; both sit behind a cache keyed by a keyed hash of the token, never the token itself.
+//! Introspection answers can also be shared by replicas through a tier behind the small
+//! [`shared::IntrospectionTier`] seam (Redis, adapted by `app`), invalidations included.
 
 mod fetch;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod metrics;
+pub mod shared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ pub use introspection::{IntrospectionCache, IntrospectionClient};
 pub use jwks::JwksClient;
 pub use jwt::JwtIssuer;
 pub use metrics::Oauth2Metrics;
+pub use shared::{AnswerInvalidation, IntrospectionTier, NotBroadcast, SharedRead, StoredAnswer};
 
 /// Who a verified or introspected token speaks for. Built once per token; a cache hit hands out
 /// the same `Arc` with no JSON work.

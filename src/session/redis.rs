@@ -15,6 +15,11 @@
 //!   reconnects and resubscribes on its own; while it is not subscribed, this replica is
 //!   *degraded*: L1 entries are trusted for at most `redis.degraded_ttl`, so revocations
 //!   published meanwhile still take effect within that bound.
+//! - Two families of entries ([`Space`]) share the connections: sessions, and bearer-token
+//!   answers (OAuth2 introspection) under their own key segment (`tok:`), MAC domain, channel
+//!   (`<channel>:tokens`) and invalidate-all generation. The token family is generic here:
+//!   sealed bytes, tags (index sets and tombstones) and [`Notice`] messages; what they mean is
+//!   up to the caller (`app` adapts it to the introspection cache's seam).
 //! - Where the connections go ([`target`]): one server (plain text or TLS), or the master named
 //!   by Sentinels. With Sentinel, a supervisor checks the command connection's `ROLE` (every
 //!   second and after any failed call); when the master is gone or demoted it asks the sentinels
@@ -33,7 +38,8 @@ use tokio::sync::{Notify, RwLock, watch};
 
 use super::cache::key::{CacheKey, hex};
 use super::tier::{
-    Invalidation, MAX_VALUE_BYTES, Rejected, Sealer, SharedTier, Stored, TierFuture,
+    Invalidation, MAX_VALUE_BYTES, Notice, Rejected, Sealer, SharedTier, Stored, TierFuture,
+    valid_tag,
 };
 use crate::config::RedisConfig;
 use crate::telemetry::{Metrics, RedisLabels};
@@ -60,7 +66,70 @@ pub struct RedisTier {
     /// The invalidate-all generation this replica knows: entries written under an older one
     /// are dead, and writes under an older one are refused by the script.
     generation: AtomicU64,
+    /// The same for [`Space::Tokens`].
+    token_generation: AtomicU64,
 }
+
+/// A family of entries in the shared tier. Each has its own key segment under
+/// `redis.key_prefix`, MAC domain (an entry or message of one never opens as the other's),
+/// pub/sub channel and invalidate-all generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// Kratos session answers (keys `<prefix><hex>`, messages on `redis.channel`).
+    Sessions,
+    /// Bearer-token answers (keys `<prefix>tok:<hex>`, messages on `<redis.channel>:tokens`).
+    Tokens,
+}
+
+impl Space {
+    fn segment(self) -> &'static str {
+        match self {
+            Space::Sessions => "",
+            Space::Tokens => "tok:",
+        }
+    }
+
+    fn entry_domain(self) -> &'static [u8] {
+        match self {
+            Space::Sessions => b"entry",
+            Space::Tokens => b"token entry",
+        }
+    }
+
+    /// MAC domain of [`Notice`] messages.
+    fn notice_domain(self) -> &'static [u8] {
+        match self {
+            // Sessions use their own message format (`Invalidation`).
+            Space::Sessions => b"session notice",
+            Space::Tokens => b"token notice",
+        }
+    }
+
+    /// The `op` label of `redis_operations` for `op` in this space.
+    fn op(self, op: &'static str) -> &'static str {
+        match (self, op) {
+            (Space::Sessions, op) => op,
+            (Space::Tokens, "get") => "token_get",
+            (Space::Tokens, "set") => "token_set",
+            (Space::Tokens, "publish") => "token_publish",
+            (Space::Tokens, "message") => "token_message",
+            (Space::Tokens, _) => "token_other",
+        }
+    }
+}
+
+/// What an invalidation deletes in Redis.
+enum Covers<'a> {
+    /// One entry (hex key).
+    Key(&'a str),
+    /// Every entry of a tag.
+    Tag(&'a str, &'a str),
+    /// The whole space (a new generation).
+    All,
+}
+
+/// A handler of [`Notice`]s received for [`Space::Tokens`].
+pub type NoticeHandler = Arc<dyn Fn(Notice) + Send + Sync>;
 
 /// Sleeps `delay`, then doubles it up to `max`; false if stopped meanwhile.
 async fn back_off(
@@ -131,6 +200,7 @@ impl RedisTier {
             put_script: redis::Script::new(PUT_SCRIPT),
             sealer: Sealer::new(key_secret),
             generation: AtomicU64::new(0),
+            token_generation: AtomicU64::new(0),
         }))
     }
 
@@ -266,11 +336,26 @@ impl RedisTier {
         on_message: Arc<dyn Fn(Invalidation) + Send + Sync>,
         stop: tokio_util::sync::CancellationToken,
     ) {
+        self.start_with(on_message, None, stop);
+    }
+
+    /// Like [`RedisTier::start`]; with `on_notice`, also subscribes to [`Space::Tokens`]'
+    /// channel and hands it every authenticated notice.
+    pub fn start_with(
+        self: &Arc<Self>,
+        on_message: Arc<dyn Fn(Invalidation) + Send + Sync>,
+        on_notice: Option<NoticeHandler>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         match self.target.direct() {
             Some(client) => tokio::spawn(self.clone().connect_loop(client.clone(), stop.clone())),
             None => tokio::spawn(self.clone().follow_master(stop.clone())),
         };
         let this = self.clone();
+        let mut channels = vec![self.channel.clone()];
+        if on_notice.is_some() {
+            channels.push(self.channel_of(Space::Tokens));
+        }
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             let mut master = this.master.subscribe();
@@ -290,7 +375,7 @@ impl RedisTier {
                     },
                 };
                 match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => match pubsub.subscribe(&this.channel).await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&channels).await {
                         Ok(()) => {
                             // Learn the generation before trusting entries again.
                             this.refresh_generation().await;
@@ -305,19 +390,14 @@ impl RedisTier {
                                     // Sentinel: the command connection moved to another master.
                                     _ = master.changed() => break,
                                     msg = stream.next() => match msg {
-                                        Some(msg) => match this.sealer.open_message(msg.get_payload_bytes()) {
-                                            Ok((inv, generation)) => {
-                                                if inv == Invalidation::All {
-                                                    this.generation.fetch_max(generation, Ordering::SeqCst);
-                                                }
-                                                this.count("message", "ok");
-                                                on_message(inv);
+                                        Some(msg) if msg.get_channel_name() == this.channel => {
+                                            this.received(msg.get_payload_bytes(), &on_message);
+                                        }
+                                        Some(msg) => {
+                                            if let Some(on_notice) = &on_notice {
+                                                this.received_notice(Space::Tokens, msg.get_payload_bytes(), on_notice);
                                             }
-                                            Err(rejected) => {
-                                                this.count("message", rejected.as_str());
-                                                tracing::warn!(reason = rejected.as_str(), "dropped an invalidation message that is not ours");
-                                            }
-                                        },
+                                        }
                                         None => break,
                                     }
                                 }
@@ -345,69 +425,155 @@ impl RedisTier {
         });
     }
 
-    fn key(&self, key: &CacheKey) -> String {
-        format!("{}{}", self.prefix, hex(key))
+    /// A message on the sessions channel: authenticated, then applied.
+    fn received(&self, payload: &[u8], on_message: &Arc<dyn Fn(Invalidation) + Send + Sync>) {
+        match self.sealer.open_message(payload) {
+            Ok((inv, generation)) => {
+                if inv == Invalidation::All {
+                    self.generation.fetch_max(generation, Ordering::SeqCst);
+                }
+                self.count("message", "ok");
+                on_message(inv);
+            }
+            Err(rejected) => {
+                self.count("message", rejected.as_str());
+                tracing::warn!(
+                    reason = rejected.as_str(),
+                    "dropped an invalidation message that is not ours"
+                );
+            }
+        }
     }
 
-    /// Reads a shared entry; `None` on miss, error or timeout.
-    fn generation_key(&self) -> String {
-        format!("{}generation", self.prefix)
+    /// A message on another space's channel: authenticated, then handed over.
+    fn received_notice(&self, space: Space, payload: &[u8], on_notice: &NoticeHandler) {
+        match self.sealer.open_notice(space.notice_domain(), payload) {
+            Ok((notice, generation)) => {
+                if notice == Notice::All {
+                    self.generation_of(space)
+                        .fetch_max(generation, Ordering::SeqCst);
+                }
+                self.count(space.op("message"), "ok");
+                on_notice(notice);
+            }
+            Err(rejected) => {
+                self.count(space.op("message"), rejected.as_str());
+                tracing::warn!(
+                    reason = rejected.as_str(),
+                    "dropped an invalidation notice that is not ours"
+                );
+            }
+        }
     }
 
-    /// Reads the invalidate-all generation from Redis (after (re)subscribing).
+    fn channel_of(&self, space: Space) -> String {
+        match space {
+            Space::Sessions => self.channel.clone(),
+            Space::Tokens => format!("{}:tokens", self.channel),
+        }
+    }
+
+    fn generation_of(&self, space: Space) -> &AtomicU64 {
+        match space {
+            Space::Sessions => &self.generation,
+            Space::Tokens => &self.token_generation,
+        }
+    }
+
+    fn key_in(&self, space: Space, key: &CacheKey) -> String {
+        self.key_hex(space, &hex(key))
+    }
+
+    fn key_hex(&self, space: Space, hex_key: &str) -> String {
+        format!("{}{}{hex_key}", self.prefix, space.segment())
+    }
+
+    fn generation_key_in(&self, space: Space) -> String {
+        format!("{}{}generation", self.prefix, space.segment())
+    }
+
+    /// Reads the invalidate-all generations from Redis (after (re)subscribing).
     async fn refresh_generation(&self) {
         let Some(mut conn) = self.connection().await else {
             return;
         };
-        if let Ok(Ok(g)) = tokio::time::timeout(
-            self.timeout,
-            conn.get::<_, Option<u64>>(self.generation_key()),
-        )
-        .await
-        {
-            self.generation.fetch_max(g.unwrap_or(0), Ordering::SeqCst);
+        for space in [Space::Sessions, Space::Tokens] {
+            if let Ok(Ok(g)) = tokio::time::timeout(
+                self.timeout,
+                conn.get::<_, Option<u64>>(self.generation_key_in(space)),
+            )
+            .await
+            {
+                self.generation_of(space)
+                    .fetch_max(g.unwrap_or(0), Ordering::SeqCst);
+            }
         }
     }
 
-    /// Reads a shared entry; `None` on miss, error, timeout, or anything we did not write.
-    /// At most [`MAX_VALUE_BYTES`] + 1 bytes are read, whatever is stored.
+    /// Reads a shared session entry; `None` on miss, error, timeout, or anything we did not
+    /// write. At most [`MAX_VALUE_BYTES`] + 1 bytes are read, whatever is stored.
     async fn get_entry(&self, key: &CacheKey) -> Option<Stored> {
-        let mut conn = self.connection().await?;
+        self.get_in(Space::Sessions, key, |json| {
+            serde_json::from_slice(json).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Reads the entry under `key` in `space`: `Ok(None)` on a miss (or an error or timeout,
+    /// counted), `Err` when what is stored is not ours, too large, of an old generation, or not
+    /// what `decode` takes ([`Rejected::Malformed`]). At most [`MAX_VALUE_BYTES`] + 1 bytes
+    /// are read, whatever is stored.
+    pub async fn get_in<T>(
+        &self,
+        space: Space,
+        key: &CacheKey,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<Option<T>, Rejected> {
+        let op = space.op("get");
+        let Some(mut conn) = self.connection().await else {
+            return Ok(None);
+        };
         let mut cmd = redis::cmd("GETRANGE");
-        cmd.arg(self.key(key)).arg(0).arg(MAX_VALUE_BYTES);
+        cmd.arg(self.key_in(space, key)).arg(0).arg(MAX_VALUE_BYTES);
         let read = cmd.query_async::<Vec<u8>>(&mut conn);
-        match tokio::time::timeout(self.timeout, read).await {
+        let bytes = match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(bytes)) if bytes.is_empty() => {
-                self.count("get", "miss");
-                None
+                self.count(op, "miss");
+                return Ok(None);
             }
-            Ok(Ok(bytes)) => match self.sealer.open_entry(key, &bytes) {
-                Ok((generation, stored))
-                    if generation >= self.generation.load(Ordering::SeqCst) =>
-                {
-                    self.count("get", "hit");
-                    Some(stored)
-                }
-                Ok(_) => {
-                    self.count("get", "old_generation");
-                    None
-                }
-                Err(rejected) => {
-                    self.count("get", rejected.as_str());
-                    if rejected == Rejected::Forged {
-                        tracing::warn!("dropped a Redis entry that is not ours (MAC mismatch)");
-                    }
-                    None
-                }
-            },
+            Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
-                self.count("get", "error");
+                self.count(op, "error");
                 tracing::debug!(error = %e, "redis GET failed");
-                None
+                return Ok(None);
             }
             Err(_) => {
-                self.count("get", "timeout");
-                None
+                self.count(op, "timeout");
+                return Ok(None);
+            }
+        };
+        let opened = self
+            .sealer
+            .open(space.entry_domain(), key, &bytes)
+            .and_then(|(generation, payload)| {
+                if generation < self.generation_of(space).load(Ordering::SeqCst) {
+                    return Err(Rejected::OldGeneration);
+                }
+                decode(payload).ok_or(Rejected::Malformed)
+            });
+        match opened {
+            Ok(value) => {
+                self.count(op, "hit");
+                Ok(Some(value))
+            }
+            Err(rejected) => {
+                self.count(op, rejected.as_str());
+                if rejected == Rejected::Forged {
+                    tracing::warn!("dropped a Redis entry that is not ours (MAC mismatch)");
+                }
+                Err(rejected)
             }
         }
     }
@@ -423,14 +589,33 @@ impl RedisTier {
         });
     }
 
-    /// Tombstone of one key (`k`), session (`s`) or identity (`i`).
-    fn tomb(&self, kind: &str, id: &str) -> String {
-        format!("{}t:{kind}:{id}", self.prefix)
+    /// Like [`RedisTier::write_in`], in the background.
+    pub fn put_in(
+        self: &Arc<Self>,
+        space: Space,
+        key: CacheKey,
+        payload: Vec<u8>,
+        ttl: Duration,
+        tags: Vec<(&'static str, String)>,
+    ) {
+        if ttl.is_zero() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(t, id)| (*t, id.as_str())).collect();
+            this.write_in(space, &key, &payload, ttl, &tags).await;
+        });
     }
 
-    /// Index set of one session (`s`) or identity (`i`): the entry keys that belong to it.
-    fn index(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{id}", self.prefix)
+    /// Tombstone of one key (`k`) or tag in `space`.
+    fn tomb(&self, space: Space, kind: &str, id: &str) -> String {
+        format!("{}{}t:{kind}:{id}", self.prefix, space.segment())
+    }
+
+    /// Index set of one tag in `space`: the entry keys written with it.
+    fn index(&self, space: Space, kind: &str, id: &str) -> String {
+        format!("{}{}{kind}:{id}", self.prefix, space.segment())
     }
 
     /// Deletes every entry an index set names, and the set.
@@ -448,27 +633,56 @@ impl RedisTier {
         pipe.query_async::<()>(conn).await
     }
 
-    /// Writes a shared entry now, unless an invalidation covering it happened within the
-    /// tombstone window. Returns whether it was written.
+    /// Writes a shared session entry now, unless an invalidation covering it happened within
+    /// the tombstone window. Returns whether it was written.
     pub async fn write(&self, key: &CacheKey, stored: &Stored, ttl: Duration) -> bool {
+        let json = serde_json::to_vec(stored).unwrap_or_default();
+        let tags: Vec<(&str, &str)> = match stored.ids() {
+            Some((sid, iid)) => vec![("s", sid), ("i", iid)],
+            None => vec![],
+        };
+        self.write_in(Space::Sessions, key, &json, ttl, &tags).await
+    }
+
+    /// Seals `payload` for `key` in `space` and writes it for `ttl`, indexed under each tag,
+    /// unless an invalidation of the key or of one of the tags happened within the tombstone
+    /// window, or an invalidate-all moved the generation on. Returns whether it was written.
+    /// A tag that [`valid_tag`] refuses, or a sealed value over [`MAX_VALUE_BYTES`], is not
+    /// written: what could not be invalidated or read back is not shared.
+    pub async fn write_in(
+        &self,
+        space: Space,
+        key: &CacheKey,
+        payload: &[u8],
+        ttl: Duration,
+        tags: &[(&str, &str)],
+    ) -> bool {
+        let op = space.op("set");
+        if !tags.iter().all(|(tag, id)| valid_tag(tag, id)) {
+            self.count(op, "malformed");
+            return false;
+        }
+        let generation = self.generation_of(space).load(Ordering::SeqCst);
+        let value = self
+            .sealer
+            .seal(space.entry_domain(), key, generation, payload);
+        if value.len() > MAX_VALUE_BYTES {
+            self.count(op, "oversized");
+            return false;
+        }
         let Some(mut conn) = self.connection().await else {
             return false;
         };
-        let generation = self.generation.load(Ordering::SeqCst);
-        let value = self.sealer.seal_entry(key, generation, stored);
-        let k = self.key(key);
         let ms = ttl.as_millis().max(1) as u64;
-        let mut tombs = vec![self.tomb("k", &hex(key))];
+        let mut tombs = vec![self.tomb(space, "k", &hex(key))];
         let mut indexes = Vec::new();
-        if let Some((sid, iid)) = stored.ids() {
-            tombs.push(self.tomb("s", sid));
-            tombs.push(self.tomb("i", iid));
-            indexes.push(self.index("s", sid));
-            indexes.push(self.index("i", iid));
+        for (tag, id) in tags {
+            tombs.push(self.tomb(space, tag, id));
+            indexes.push(self.index(space, tag, id));
         }
         let mut inv = self.put_script.prepare_invoke();
-        inv.key(&k);
-        inv.key(self.generation_key());
+        inv.key(self.key_in(space, key));
+        inv.key(self.generation_key_in(space));
         for t in &tombs {
             inv.key(t);
         }
@@ -483,38 +697,74 @@ impl RedisTier {
             .arg(generation);
         match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(1)) => {
-                self.count("set", "ok");
+                self.count(op, "ok");
                 true
             }
             Ok(Ok(0)) => {
-                self.count("set", "tombstoned");
+                self.count(op, "tombstoned");
                 false
             }
             Ok(Ok(current)) => {
                 // An invalidate-all happened (perhaps while our subscription was down).
-                self.generation
+                self.generation_of(space)
                     .fetch_max(current.unsigned_abs(), Ordering::SeqCst);
-                self.count("set", "old_generation");
+                self.count(op, "old_generation");
                 false
             }
             Ok(Err(e)) => {
-                self.count("set", "error");
+                self.count(op, "error");
                 tracing::debug!(error = %e, "redis SET failed");
                 false
             }
             Err(_) => {
-                self.count("set", "timeout");
+                self.count(op, "timeout");
                 false
             }
         }
     }
 
-    /// Deletes the shared entries an invalidation covers and publishes it to every replica.
-    /// Invalidating everything is one INCR of the generation and one message, whatever the
-    /// number of keys. Returns whether the message was published.
+    /// Deletes the shared session entries an invalidation covers and publishes it to every
+    /// replica. Returns whether the message was published.
     async fn publish(&self, inv: &Invalidation) -> bool {
+        let covers = match inv {
+            Invalidation::Key(hex_key) => Covers::Key(hex_key),
+            Invalidation::Session(id) => Covers::Tag("s", id),
+            Invalidation::Identity(id) => Covers::Tag("i", id),
+            Invalidation::All => Covers::All,
+        };
+        self.publish_in(Space::Sessions, covers, |g| {
+            self.sealer.seal_message(inv, g)
+        })
+        .await
+    }
+
+    /// Deletes the entries of `space` a notice covers and publishes it on the space's channel
+    /// (every replica subscribed with [`RedisTier::start_with`] receives it). Returns whether it
+    /// was published.
+    pub async fn notify(&self, space: Space, notice: &Notice) -> bool {
+        let covers = match notice {
+            Notice::Key(hex_key) => Covers::Key(hex_key),
+            Notice::Tag(tag, id) => Covers::Tag(tag, id),
+            Notice::All => Covers::All,
+        };
+        self.publish_in(space, covers, |g| {
+            self.sealer.seal_notice(space.notice_domain(), notice, g)
+        })
+        .await
+    }
+
+    /// Tombstones and deletes what `covers` names in `space` (invalidating everything is one
+    /// INCR of the space's generation, whatever the number of keys), then publishes the
+    /// message `seal` makes for the generation. Returns whether it was published.
+    async fn publish_in(
+        &self,
+        space: Space,
+        covers: Covers<'_>,
+        seal: impl FnOnce(u64) -> String,
+    ) -> bool {
+        let op = space.op("publish");
         let Some(mut conn) = self.connection().await else {
-            self.count("publish", "error");
+            self.count(op, "error");
             tracing::warn!(
                 "cannot broadcast an invalidation: redis is not connected; other replicas rely on their TTL"
             );
@@ -522,65 +772,66 @@ impl RedisTier {
         };
         let window = self.tomb_window.as_millis().max(1) as u64;
         let work = async {
-            let generation = match inv {
-                Invalidation::All => {
-                    let g: u64 = conn.incr(self.generation_key(), 1).await?;
-                    self.generation.fetch_max(g, Ordering::SeqCst);
+            let generation = match covers {
+                Covers::All => {
+                    let g: u64 = conn.incr(self.generation_key_in(space), 1).await?;
+                    self.generation_of(space).fetch_max(g, Ordering::SeqCst);
                     g
                 }
-                _ => {
-                    let tomb = match inv {
-                        Invalidation::Key(hex_key) => self.tomb("k", hex_key),
-                        Invalidation::Session(id) => self.tomb("s", id),
-                        Invalidation::Identity(id) => self.tomb("i", id),
-                        Invalidation::All => unreachable!("handled above"),
-                    };
-                    // Tombstone first: from here on no write of a covered entry lands, so the
-                    // deletes below are final.
-                    let _: () = redis::cmd("SET")
-                        .arg(&tomb)
-                        .arg(1)
-                        .arg("PX")
-                        .arg(window)
-                        .query_async(&mut conn)
+                Covers::Key(hex_key) => {
+                    self.bury(&mut conn, &self.tomb(space, "k", hex_key), window)
                         .await?;
-                    match inv {
-                        Invalidation::Key(hex_key) => {
-                            let _: () = conn.del(format!("{}{hex_key}", self.prefix)).await?;
-                        }
-                        Invalidation::Session(id) => {
-                            self.delete_indexed(&mut conn, &self.index("s", id)).await?;
-                        }
-                        Invalidation::Identity(id) => {
-                            self.delete_indexed(&mut conn, &self.index("i", id)).await?;
-                        }
-                        Invalidation::All => {}
-                    }
-                    self.generation.load(Ordering::SeqCst)
+                    let _: () = conn.del(self.key_hex(space, hex_key)).await?;
+                    self.generation_of(space).load(Ordering::SeqCst)
+                }
+                Covers::Tag(tag, id) => {
+                    self.bury(&mut conn, &self.tomb(space, tag, id), window)
+                        .await?;
+                    self.delete_indexed(&mut conn, &self.index(space, tag, id))
+                        .await?;
+                    self.generation_of(space).load(Ordering::SeqCst)
                 }
             };
-            let payload = self.sealer.seal_message(inv, generation);
-            let _: () = conn.publish(&self.channel, payload).await?;
+            let _: () = conn
+                .publish(self.channel_of(space), seal(generation))
+                .await?;
             Ok::<(), redis::RedisError>(())
         };
         match tokio::time::timeout(self.timeout * 4, work).await {
             Ok(Ok(())) => {
-                self.count("publish", "ok");
+                self.count(op, "ok");
                 true
             }
             Ok(Err(e)) => {
-                self.count("publish", "error");
+                self.count(op, "error");
                 tracing::warn!(error = %e, "cannot broadcast an invalidation; other replicas rely on their TTL");
                 false
             }
             Err(_) => {
-                self.count("publish", "timeout");
+                self.count(op, "timeout");
                 tracing::warn!(
                     "timed out broadcasting an invalidation; other replicas rely on their TTL"
                 );
                 false
             }
         }
+    }
+
+    /// Sets a tombstone for `window` ms. Tombstone first: from then on no write of a covered
+    /// entry lands, so the deletes that follow are final.
+    async fn bury(
+        &self,
+        conn: &mut ConnectionManager,
+        tomb: &str,
+        window: u64,
+    ) -> redis::RedisResult<()> {
+        redis::cmd("SET")
+            .arg(tomb)
+            .arg(1)
+            .arg("PX")
+            .arg(window)
+            .query_async(conn)
+            .await
     }
 }
 
@@ -633,21 +884,20 @@ mod tests {
         .unwrap()
     }
 
-    /// A real redis-server: a write of an answer fetched before an invalidation, landing after
-    /// it (a slow replica), must not resurrect the entry; once the window is over, writes land.
-    #[tokio::test]
-    async fn late_writes_cannot_resurrect_invalidated_entries() {
-        let server = super::redis_server::Redis::start().await;
+    /// A tier on `server` (timeout 200 ms, no fetch time), connected and subscribed.
+    async fn connected(
+        server: &super::redis_server::Redis,
+        on_notice: Option<NoticeHandler>,
+    ) -> (Arc<RedisTier>, tokio_util::sync::CancellationToken) {
         let config = RedisConfig {
             url: Some(server.url()),
             timeout: Duration::from_millis(200),
             ..RedisConfig::default()
         };
-        // Window: 0 + 2 × 200 ms + 1 s.
         let shared =
             RedisTier::new(&config, &"k".repeat(40), Metrics::new(), Duration::ZERO).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        shared.start(Arc::new(|_| {}), stop.clone());
+        shared.start_with(Arc::new(|_| {}), on_notice, stop.clone());
         for _ in 0..200 {
             if shared.subscribed() && shared.connection().await.is_some() {
                 break;
@@ -655,6 +905,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(shared.subscribed(), "not connected to redis-server");
+        (shared, stop)
+    }
+
+    /// A real redis-server: a write of an answer fetched before an invalidation, landing after
+    /// it (a slow replica), must not resurrect the entry; once the window is over, writes land.
+    #[tokio::test]
+    async fn late_writes_cannot_resurrect_invalidated_entries() {
+        let server = super::redis_server::Redis::start().await;
+        // Window: 0 + 2 × 200 ms + 1 s.
+        let (shared, stop) = connected(&server, None).await;
         let ttl = Duration::from_secs(60);
         let (k1, k2, k3, k4) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
 
@@ -710,6 +970,147 @@ mod tests {
             "tombstones expire after the window"
         );
         assert!(shared.get_entry(&k1).await.is_some());
+        stop.cancel();
+    }
+
+    /// The token space: sealed bytes under `tok:`, tags, notices. A late write after an
+    /// invalidation (by tag, by key, of everything) does not resurrect; an entry forged, moved
+    /// to another key or to the other space is refused; notices reach the handler.
+    #[tokio::test]
+    async fn token_space_late_writes_forgeries_and_notices() {
+        let server = super::redis_server::Redis::start().await;
+        let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = notices.clone();
+        let on_notice: NoticeHandler = Arc::new(move |n| seen.lock().unwrap().push(n));
+        let (shared, stop) = connected(&server, Some(on_notice)).await;
+        let ttl = Duration::from_secs(60);
+        let (k1, k2, k3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let raw = |b: &[u8]| Some(b.to_vec());
+        let get = |k: [u8; 32]| {
+            let shared = shared.clone();
+            async move { shared.get_in(Space::Tokens, &k, raw).await }
+        };
+        let alice = [("sub", "alice"), ("cli", "app")];
+
+        assert!(
+            shared
+                .write_in(Space::Tokens, &k1, b"one", ttl, &alice)
+                .await
+        );
+        assert_eq!(get(k1).await, Ok(Some(b"one".to_vec())));
+        let mut conn = shared.connection().await.unwrap();
+        let members: Vec<String> = conn.smembers("sessiongate:tok:sub:alice").await.unwrap();
+        assert_eq!(members, [format!("sessiongate:tok:{}", hex(&k1))]);
+        assert!(
+            shared.get_entry(&k1).await.is_none(),
+            "not a session entry: another key segment"
+        );
+
+        // Forged: wrong MAC, moved to another key, or a session entry put in the token space.
+        let _: () = conn
+            .set(format!("sessiongate:tok:{}", hex(&k2)), "f00d.0.{}")
+            .await
+            .unwrap();
+        assert_eq!(get(k2).await, Err(Rejected::Forged));
+        let sealed: Vec<u8> = conn
+            .get(format!("sessiongate:tok:{}", hex(&k1)))
+            .await
+            .unwrap();
+        let _: () = conn
+            .set(format!("sessiongate:tok:{}", hex(&k2)), &sealed)
+            .await
+            .unwrap();
+        assert_eq!(get(k2).await, Err(Rejected::Forged), "moved to another key");
+        assert!(shared.write(&k3, &active("s3", "i3"), ttl).await);
+        let session_entry: Vec<u8> = conn.get(format!("sessiongate:{}", hex(&k3))).await.unwrap();
+        let _: () = conn
+            .set(format!("sessiongate:tok:{}", hex(&k3)), &session_entry)
+            .await
+            .unwrap();
+        assert_eq!(
+            get(k3).await,
+            Err(Rejected::Forged),
+            "moved from the sessions"
+        );
+        let _: () = conn
+            .set(
+                format!("sessiongate:tok:{}", hex(&k3)),
+                vec![b'x'; MAX_VALUE_BYTES + 10],
+            )
+            .await
+            .unwrap();
+        assert_eq!(get(k3).await, Err(Rejected::Oversized));
+        assert_eq!(
+            shared.get_in(Space::Tokens, &k1, |_| None::<()>).await,
+            Err(Rejected::Malformed),
+            "not what the caller decodes"
+        );
+
+        // By tag: deleted, and a late write under the tag is refused.
+        assert!(
+            shared
+                .notify(Space::Tokens, &Notice::Tag("cli".into(), "app".into()))
+                .await
+        );
+        assert_eq!(get(k1).await, Ok(None));
+        assert!(
+            !shared
+                .write_in(Space::Tokens, &k1, b"one", ttl, &alice)
+                .await
+        );
+        assert!(
+            !shared
+                .write_in(Space::Tokens, &k2, b"two", ttl, &[("cli", "app")])
+                .await
+        );
+        assert_eq!(get(k1).await, Ok(None));
+        // By key.
+        assert!(shared.write_in(Space::Tokens, &k2, b"two", ttl, &[]).await);
+        assert!(shared.notify(Space::Tokens, &Notice::Key(hex(&k2))).await);
+        assert_eq!(get(k2).await, Ok(None));
+        assert!(!shared.write_in(Space::Tokens, &k2, b"two", ttl, &[]).await);
+        // Everything: a new generation of the token space only.
+        assert!(
+            shared
+                .write_in(Space::Tokens, &k3, b"three", ttl, &[])
+                .await
+        );
+        assert!(shared.write(&[9u8; 32], &active("s9", "i9"), ttl).await);
+        assert!(shared.notify(Space::Tokens, &Notice::All).await);
+        assert_eq!(get(k3).await, Err(Rejected::OldGeneration));
+        assert!(
+            shared.get_entry(&[9u8; 32]).await.is_some(),
+            "sessions live on"
+        );
+        let g: u64 = conn.get("sessiongate:tok:generation").await.unwrap();
+        assert_eq!(g, 1);
+        // Tags that could not be invalidated are not written.
+        assert!(
+            !shared
+                .write_in(Space::Tokens, &[5u8; 32], b"x", ttl, &[("t", "x")])
+                .await
+        );
+
+        // Every notice reached the subscriber (ours included), authenticated; others are not.
+        let _: () = conn
+            .publish("sessiongate:invalidations:tokens", r#"{"kind":"all"}"#)
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if notices.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            *notices.lock().unwrap(),
+            [
+                Notice::Tag("cli".into(), "app".into()),
+                Notice::Key(hex(&k2)),
+                Notice::All
+            ]
+        );
         stop.cancel();
     }
 }

@@ -1,7 +1,10 @@
 //! The shared tier between replicas, behind one small trait: `get` / `put` an entry, `broadcast`
 //! an invalidation, `healthy` while invalidations are being received. Redis implements it
 //! ([`super::redis::RedisTier`]); the session cache only knows this trait. Also the wire formats
-//! that cross it: [`Stored`] entries and [`Invalidation`] messages.
+//! that cross it: [`Stored`] entries and [`Invalidation`] messages, and the [`Sealer`] that
+//! authenticates them. The sealer works on bytes under a *domain* (which family of entries or
+//! messages), so other families sharing the tier (introspection answers, [`Notice`] messages)
+//! are sealed the same way and can never pass for a session entry or message.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +33,8 @@ pub enum Rejected {
     Forged,
     /// A message from too long ago (or the future): a replay.
     Stale,
+    /// Written under an invalidate-all generation that has since moved on.
+    OldGeneration,
 }
 
 impl Rejected {
@@ -40,6 +45,7 @@ impl Rejected {
             Rejected::Malformed => "malformed",
             Rejected::Forged => "forged",
             Rejected::Stale => "stale",
+            Rejected::OldGeneration => "old_generation",
         }
     }
 }
@@ -62,9 +68,9 @@ impl std::fmt::Debug for Sealer {
 /// An invalidation as sent between replicas: authenticated, timestamped, and for `All` the new
 /// generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Message {
+struct Envelope<T> {
     #[serde(flatten)]
-    inv: Invalidation,
+    body: T,
     /// Sent at, unix ms.
     at: u64,
     /// For `All`: the generation it starts.
@@ -92,30 +98,35 @@ impl Sealer {
         h.finalize().to_hex().to_string()
     }
 
-    /// `<mac>.<generation>.<json>` for the entry under `key`.
-    pub fn seal_entry(&self, key: &CacheKey, generation: u64, stored: &Stored) -> Vec<u8> {
-        let json = serde_json::to_vec(stored).unwrap_or_default();
+    /// `<mac>.<generation>.<payload>`: `payload` bound to `domain`, `key` and `generation`.
+    pub fn seal(&self, domain: &[u8], key: &CacheKey, generation: u64, payload: &[u8]) -> Vec<u8> {
         let g = generation.to_string();
-        let mac = self.mac(&[b"entry", key, g.as_bytes(), &json]);
-        let mut out = Vec::with_capacity(mac.len() + g.len() + json.len() + 2);
+        let mac = self.mac(&[domain, key, g.as_bytes(), payload]);
+        let mut out = Vec::with_capacity(mac.len() + g.len() + payload.len() + 2);
         out.extend_from_slice(mac.as_bytes());
         out.push(b'.');
         out.extend_from_slice(g.as_bytes());
         out.push(b'.');
-        out.extend_from_slice(&json);
+        out.extend_from_slice(payload);
         out
     }
 
-    /// The entry and its generation, if `bytes` were sealed for `key` by a holder of the secret.
-    pub fn open_entry(&self, key: &CacheKey, bytes: &[u8]) -> Result<(u64, Stored), Rejected> {
+    /// The generation and payload, if `bytes` were sealed for `domain` and `key` by a holder of
+    /// the secret.
+    pub fn open<'b>(
+        &self,
+        domain: &[u8],
+        key: &CacheKey,
+        bytes: &'b [u8],
+    ) -> Result<(u64, &'b [u8]), Rejected> {
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(Rejected::Oversized);
         }
         let mut parts = bytes.splitn(3, |b| *b == b'.');
-        let (Some(mac), Some(g), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(mac), Some(g), Some(payload)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(Rejected::Malformed);
         };
-        let expected = self.mac(&[b"entry", key, g, json]);
+        let expected = self.mac(&[domain, key, g, payload]);
         if !constant_time_eq(mac, expected.as_bytes()) {
             return Err(Rejected::Forged);
         }
@@ -123,23 +134,46 @@ impl Sealer {
             .ok()
             .and_then(|g| g.parse().ok())
             .ok_or(Rejected::Malformed)?;
+        Ok((generation, payload))
+    }
+
+    /// `<mac>.<generation>.<json>` for the session entry under `key`.
+    pub fn seal_entry(&self, key: &CacheKey, generation: u64, stored: &Stored) -> Vec<u8> {
+        let json = serde_json::to_vec(stored).unwrap_or_default();
+        self.seal(ENTRY_DOMAIN, key, generation, &json)
+    }
+
+    /// The session entry and its generation, if `bytes` were sealed for `key` by a holder of
+    /// the secret.
+    pub fn open_entry(&self, key: &CacheKey, bytes: &[u8]) -> Result<(u64, Stored), Rejected> {
+        let (generation, json) = self.open(ENTRY_DOMAIN, key, bytes)?;
         let stored = serde_json::from_slice(json).map_err(|_| Rejected::Malformed)?;
         Ok((generation, stored))
     }
 
-    /// `<mac>.<json>` of an invalidation message.
-    pub fn seal_message(&self, inv: &Invalidation, generation: u64) -> String {
-        let json = serde_json::to_string(&Message {
-            inv: inv.clone(),
+    /// `<mac>.<json>` of a timestamped message under `domain`.
+    fn seal_envelope<T: Serialize + Clone>(
+        &self,
+        domain: &[u8],
+        body: &T,
+        generation: u64,
+    ) -> String {
+        let json = serde_json::to_string(&Envelope {
+            body: body.clone(),
             at: unix_ms(SystemTime::now()),
             generation,
         })
         .unwrap_or_default();
-        format!("{}.{json}", self.mac(&[b"message", json.as_bytes()]))
+        format!("{}.{json}", self.mac(&[domain, json.as_bytes()]))
     }
 
-    /// The invalidation and its generation, if a holder of the secret sent it recently.
-    pub fn open_message(&self, bytes: &[u8]) -> Result<(Invalidation, u64), Rejected> {
+    /// The body and generation of a message sealed under `domain`, if a holder of the secret
+    /// sent it recently.
+    fn open_envelope<T: serde::de::DeserializeOwned>(
+        &self,
+        domain: &[u8],
+        bytes: &[u8],
+    ) -> Result<(T, u64), Rejected> {
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(Rejected::Oversized);
         }
@@ -149,16 +183,27 @@ impl Sealer {
         else {
             return Err(Rejected::Malformed);
         };
-        let expected = self.mac(&[b"message", json]);
+        let expected = self.mac(&[domain, json]);
         if !constant_time_eq(mac, expected.as_bytes()) {
             return Err(Rejected::Forged);
         }
-        let m: Message = serde_json::from_slice(json).map_err(|_| Rejected::Malformed)?;
+        let m: Envelope<T> = serde_json::from_slice(json).map_err(|_| Rejected::Malformed)?;
         let now = unix_ms(SystemTime::now());
         if m.at.abs_diff(now) > MESSAGE_WINDOW_MS {
             return Err(Rejected::Stale);
         }
-        let ids_ok = match &m.inv {
+        Ok((m.body, m.generation))
+    }
+
+    /// `<mac>.<json>` of an invalidation message.
+    pub fn seal_message(&self, inv: &Invalidation, generation: u64) -> String {
+        self.seal_envelope(MESSAGE_DOMAIN, inv, generation)
+    }
+
+    /// The invalidation and its generation, if a holder of the secret sent it recently.
+    pub fn open_message(&self, bytes: &[u8]) -> Result<(Invalidation, u64), Rejected> {
+        let (inv, generation) = self.open_envelope::<Invalidation>(MESSAGE_DOMAIN, bytes)?;
+        let ids_ok = match &inv {
             Invalidation::Key(k) => unhex(k).is_some(),
             Invalidation::Session(id) | Invalidation::Identity(id) => super::is_valid_id(id),
             Invalidation::All => true,
@@ -166,8 +211,59 @@ impl Sealer {
         if !ids_ok {
             return Err(Rejected::Malformed);
         }
-        Ok((m.inv, m.generation))
+        Ok((inv, generation))
     }
+
+    /// `<mac>.<json>` of a [`Notice`] under `domain` (one per family of entries).
+    pub fn seal_notice(&self, domain: &[u8], notice: &Notice, generation: u64) -> String {
+        self.seal_envelope(domain, notice, generation)
+    }
+
+    /// The notice and its generation, if a holder of the secret sent it under `domain`
+    /// recently and it is well-formed.
+    pub fn open_notice(&self, domain: &[u8], bytes: &[u8]) -> Result<(Notice, u64), Rejected> {
+        let (notice, generation) = self.open_envelope::<Notice>(domain, bytes)?;
+        let ok = match &notice {
+            Notice::Key(k) => unhex(k).is_some(),
+            Notice::Tag(tag, id) => valid_tag(tag, id),
+            Notice::All => true,
+        };
+        if !ok {
+            return Err(Rejected::Malformed);
+        }
+        Ok((notice, generation))
+    }
+}
+
+/// MAC domain of session entries.
+const ENTRY_DOMAIN: &[u8] = b"entry";
+/// MAC domain of session invalidation messages.
+const MESSAGE_DOMAIN: &[u8] = b"message";
+
+/// Longest tag value (a subject, a client id) that can index an entry.
+pub const MAX_TAG_BYTES: usize = 1024;
+
+/// Can `(tag, id)` index an entry? A tag is 1-8 lowercase letters other than `t` (the
+/// tombstone segment); an id is 1-[`MAX_TAG_BYTES`] bytes without control characters.
+pub fn valid_tag(tag: &str, id: &str) -> bool {
+    (1..=8).contains(&tag.len())
+        && tag != "t"
+        && tag.bytes().all(|b| b.is_ascii_lowercase())
+        && (1..=MAX_TAG_BYTES).contains(&id.len())
+        && !id.chars().any(char::is_control)
+}
+
+/// An invalidation in a family of entries other than sessions (which use [`Invalidation`]), as
+/// broadcast between replicas. What a tag means is up to the family's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Notice {
+    /// One entry (its key, hex).
+    Key(String),
+    /// Every entry written with this tag: (tag, id).
+    Tag(String, String),
+    /// Everything in the family.
+    All,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -4,8 +4,9 @@
 //! credential prefix, or as a fallback. It counts calls (served on `/__stats`) and, for tests,
 //! records what it received.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +95,10 @@ struct Inner {
     /// `None`: requests are not recorded (a bench sends millions).
     received: Option<Mutex<Vec<Received>>>,
     stats: Arc<UpstreamStats>,
+    /// Introspection calls received so far.
+    introspections: AtomicU64,
+    /// Tokens the introspection endpoint now says are inactive (revoked).
+    revoked: Mutex<HashSet<String>>,
 }
 
 /// The running fake.
@@ -120,6 +125,8 @@ impl FakeKratos {
             fallback: Mutex::default(),
             received: record.then(Mutex::default),
             stats: Arc::default(),
+            introspections: AtomicU64::new(0),
+            revoked: Mutex::default(),
         });
         let app = Router::new()
             .route("/sessions/whoami", get(whoami))
@@ -164,6 +171,16 @@ impl FakeKratos {
     /// The call counters (also served on `/__stats`).
     pub fn stats(&self) -> &UpstreamStats {
         &self.inner.stats
+    }
+
+    /// Introspection calls received so far (they count as calls too).
+    pub fn introspections(&self) -> usize {
+        self.inner.introspections.load(Ordering::SeqCst) as usize
+    }
+
+    /// From now on the introspection endpoint says `token` is inactive (revoked).
+    pub fn revoke_token(&self, token: &str) {
+        self.inner.revoked.lock().unwrap().insert(token.to_owned());
     }
 
     /// Whoami calls received so far.
@@ -226,15 +243,19 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
 
 /// A stand-in RFC 7662 endpoint (benchmarks and tests of the OAuth2 path): `token=ory_at_valid…`
 /// is active for an hour (subject derived from the token, client `bench`, scope `read`),
-/// `ory_at_nosub…` active but naming nobody, anything else inactive. Counted like whoami calls.
+/// `ory_at_nosub…` active but naming nobody, anything else (or a revoked token) inactive.
+/// Counted like whoami calls, and on their own.
 async fn introspect(State(inner): State<Arc<Inner>>, body: String) -> Response {
     let _in_flight = inner.stats.enter();
+    inner.introspections.fetch_add(1, Ordering::SeqCst);
     let token = body
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
         .map(form_decode)
         .unwrap_or_default();
-    let answer = if token.starts_with("ory_at_nosub") {
+    let answer = if inner.revoked.lock().unwrap().contains(&token) {
+        json!({"active": false})
+    } else if token.starts_with("ory_at_nosub") {
         // Active, but naming nobody (no `sub`, no `client_id`).
         json!({"active": true, "exp": Utc::now().timestamp() + 3600, "token_use": "access_token"})
     } else if token.starts_with("ory_at_valid") {
