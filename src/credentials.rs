@@ -339,7 +339,10 @@ mod tests {
             "x",
             "0123456789abcdefghij-ABCDEFGHIJ01",
         ] {
-            assert!(!shape_fits(&s, CredentialKind::SessionToken, junk), "{junk}");
+            assert!(
+                !shape_fits(&s, CredentialKind::SessionToken, junk),
+                "{junk}"
+            );
         }
         for junk in ["good", "a.b.c", &format!("{}%3D", &cookie[..60])] {
             assert!(!shape_fits(&s, CredentialKind::Cookie, junk), "{junk}");
@@ -349,17 +352,18 @@ mod tests {
             ..s.clone()
         };
         assert!(shape_fits(&strict, CredentialKind::SessionToken, token));
-        assert!(!shape_fits(&strict, CredentialKind::SessionToken, &token[7..]));
+        assert!(!shape_fits(
+            &strict,
+            CredentialKind::SessionToken,
+            &token[7..]
+        ));
         // The extractor refuses a misshapen credential by kind, before anything else sees it.
         let e = Extractor::new(&CredentialsConfig::default());
         assert_eq!(
             e.extract(&headers(&[("cookie", "ory_kratos_session=good")])),
             Err(CredentialError::Shape(CredentialKind::Cookie))
         );
-        assert!(
-            e.extract(&headers(&[("x-session-token", token)]))
-                .is_ok()
-        );
+        assert!(e.extract(&headers(&[("x-session-token", token)])).is_ok());
     }
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {

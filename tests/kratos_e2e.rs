@@ -118,7 +118,10 @@ async fn real_sessions_are_allowed_and_the_jwt_matches_whoami() {
     // shape, without a whoami call.
     let shape = sessiongate::config::ShapeConfig::default();
     use sessiongate::credentials::{CredentialKind, shape_fits};
-    assert!(shape_fits(&shape, CredentialKind::SessionToken, &token), "{token}");
+    assert!(
+        shape_fits(&shape, CredentialKind::SessionToken, &token),
+        "{token}"
+    );
     assert!(shape_fits(&shape, CredentialKind::Bearer, &token));
     assert!(shape_fits(&shape, CredentialKind::Cookie, &cookie_value));
     let whoami_calls = || metric(&gate, "whoami_requests_total", "");

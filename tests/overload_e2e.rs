@@ -38,7 +38,13 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&self, r: Result<tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>, tonic::Status>) {
+    fn add(
+        &self,
+        r: Result<
+            tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>,
+            tonic::Status,
+        >,
+    ) {
         let counter = match r {
             Ok(r) => {
                 let r = r.into_inner();
@@ -79,6 +85,7 @@ async fn a_spray_of_unknown_cookies_never_costs_known_users_their_answer() {
     c.whoami.max_waiting = 32;
     c.cache.ttl = Duration::from_millis(600);
     c.cache.refresh_after = Duration::from_millis(450);
+    c.cache.negative_ttl = Duration::from_millis(300);
     let ttl = c.cache.ttl;
     let gate = Gate::start(c).await;
     let client = gate.client().await;
@@ -151,6 +158,9 @@ async fn a_spray_of_unknown_cookies_never_costs_known_users_their_answer() {
     let legit_calls: usize = (0..LEGIT)
         .map(|i| kratos.calls_for(&format!("legit-{i}")))
         .sum();
-    assert!(legit_calls > LEGIT, "no revalidation happened: {legit_calls}");
+    assert!(
+        legit_calls > LEGIT,
+        "no revalidation happened: {legit_calls}"
+    );
     gate.stop().await.unwrap();
 }

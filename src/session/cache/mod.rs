@@ -932,10 +932,7 @@ mod tests {
         fake.set(|| Err(UpstreamError::Overloaded));
         assert!(is_active(&get(&c, "a").await));
         // An unknown credential is a first lookup, and shed means 503.
-        assert!(matches!(
-            get(&c, "b").await,
-            Err(UpstreamError::Overloaded)
-        ));
+        assert!(matches!(get(&c, "b").await, Err(UpstreamError::Overloaded)));
         assert_eq!(
             *fake.lanes.lock().unwrap(),
             [Lane::First, Lane::Known, Lane::First]
