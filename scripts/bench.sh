@@ -4,6 +4,7 @@
 #   scripts/bench.sh            # full run (~6-8 min on 2 cores), release build
 #   scripts/bench.sh --smoke    # every scenario with tiny sizes (< 60 s); asserts only that each ran
 #   BENCH_ONLY=rules scripts/bench.sh   # only route rules (1,000 vs none) and credential kinds
+#   BENCH_ONLY=overload scripts/bench.sh  # floor, then known users under floods (1x, 4x) and a login wave
 #   scripts/bench.sh --soak     # soak: SOAK_MINUTES (default 10) at 50% of max throughput with
 #                               # churning sessions; RSS sampled every phase; fails on any error
 #   scripts/bench.sh --soak --smoke   # the soak with three 3-second phases
@@ -69,6 +70,9 @@ OK_PROXY_PORT=$((P + 91)); OK_API_PORT=$((P + 92))
 SGR_GRPC=$((P + 101)); SGR_HTTP=$((P + 102))      # no rules (baseline of the rules run)
 SGT_GRPC=$((P + 111)); SGT_HTTP=$((P + 112))      # 1,000 route rules
 SGA_GRPC=$((P + 121)); SGA_HTTP=$((P + 122))      # credential kinds (session, jwt, oauth2)
+SGO_GRPC=$((P + 131)); SGO_HTTP=$((P + 132))      # overload: floods
+SGW_GRPC=$((P + 141)); SGW_HTTP=$((P + 142))      # overload: login wave
+FK_OV=$((P + 64))
 
 # ---------------------------------------------------------------- build
 log "building (release)"
@@ -154,6 +158,7 @@ start_sg() {
   bg "$name" SERVER_CPU env "${unset[@]}" \
     SESSIONGATE_GRPC__LISTEN="127.0.0.1:$grpc" SESSIONGATE_HTTP__LISTEN="127.0.0.1:$http" \
     SESSIONGATE_WHOAMI__BASE_URL="$whoami" SESSIONGATE_LOG__LEVEL=warn SESSIONGATE_CACHE__TTL=60s \
+    SESSIONGATE_CREDENTIALS__SHAPE__ENABLED=false \
     "$@" "$SG_BIN"
   wait_url "http://127.0.0.1:$http/health/ready"
 }
@@ -165,6 +170,26 @@ load() {
   out="$("${LOAD_CPU[@]}" "$BENCH" load --label "$label" --json "$@")" || { echo "$out"; log "load $label failed"; return 1; }
   echo "$out" | sed '$d'
   echo "$out" | tail -n1 >"$OUT/$label.json"
+}
+
+# flood LABEL ARGS...: random unknown cookies in the background while the legit load runs.
+# No polling of /metrics during the run (it perturbed the legit latency through the shared load
+# core); the maximum whoami concurrency comes from the fake Kratos' own counter.
+# FLOOD_GRPC / FLOOD_HTTP / FLOOD_FK / FLOOD_DUR select another gate (default: the spray's).
+flood() {
+  local label=$1; shift
+  "${LOAD_CPU[@]}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
+    --duration "${FLOOD_DUR:-$SPRAY_DUR}" --dist random --prefix unknown- \
+    --metrics "http://127.0.0.1:${FLOOD_HTTP:-$SGP_HTTP}/metrics" \
+    --upstream-stats "http://127.0.0.1:${FLOOD_FK:-$FK_SPRAY}/__stats" "$@" >"$OUT/$label.out" 2>&1 &
+  FLOOD_PID=$!
+  PIDS+=("$FLOOD_PID")
+  sleep 0.5
+}
+flood_done() { # LABEL
+  wait "$FLOOD_PID" || { cat "$OUT/$1.out"; log "spray flood $1 failed"; exit 1; }
+  sed '$d' "$OUT/$1.out"
+  tail -n1 "$OUT/$1.out" >"$OUT/$1.json"
 }
 
 # jget LABEL PYTHON-EXPR-ON-d
@@ -342,6 +367,65 @@ done
 median_run kind-session "d['rps']"; median_run kind-jwt "d['rps']"; median_run kind-oauth2 "d['rps']"
 stop_pid "$TOKENS_PID"
 }
+# ================================================================= 5c. overload isolation
+# Known users next to junk, against a whoami of 20 ms with 16 slots (the issue's set-up): 200
+# sessions at OV_RATE req/s, each from its own address, for 3 x cache.ttl; calm, then next to a
+# flood of unknown cookies from one address at 1x and 4x their rate. Then a login wave: 20,000
+# new sessions in 10 s against 64 slots, each answer judged against Envoy's 200 ms budget.
+scenario_overload() {
+local rate=${OV_RATE:-2000} dur=${OV_DUR:-15s} wave=${OV_WAVE:-20000}
+log "== overload: 200 known sessions at $rate req/s, calm vs floods of unknown cookies at 1x and 4x; login wave of $wave sessions"
+fake_kratos fk-ov "$FK_OV" 20ms
+start_sg sg-ov "$SGO_GRPC" "$SGO_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=16 \
+  SESSIONGATE_CACHE__TTL=5s SESSIONGATE_CACHE__REFRESH_AFTER=4s
+local ov_pid=$LAST_PID
+local legit=(--grpc "http://127.0.0.1:$SGO_GRPC" --connections "$CONNS" --concurrency 512 --rate "$rate"
+  --dist uniform --keys 200 --prefix valid-ov- --source per-key --budget 200ms
+  --metrics "http://127.0.0.1:$SGO_HTTP/metrics" --upstream-stats "http://127.0.0.1:$FK_OV/__stats")
+"${LOAD_CPU[@]}" "$BENCH" load --grpc "http://127.0.0.1:$SGO_GRPC" --concurrency 16 --requests 200 \
+  --dist seq --keys 200 --prefix valid-ov- --source per-key >/dev/null
+load ov-calm "${legit[@]}" --duration "$dur"
+local fdur
+fdur=$(python3 -c "import re; m=re.match(r'([0-9.]+)s','$dur'); print(str(float(m.group(1))+1.0)+'s')")
+local x
+for x in 1 4; do
+  FLOOD_GRPC=$SGO_GRPC FLOOD_HTTP=$SGO_HTTP FLOOD_FK=$FK_OV FLOOD_DUR=$fdur \
+    flood "ov-flood-${x}x" --concurrency 1024 --rate "$(( rate * x ))" --source 203.0.113.66
+  load "ov-legit-${x}x" "${legit[@]}" --duration "$dur"
+  flood_done "ov-flood-${x}x"
+done
+stop_pid "$ov_pid"
+start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
+local wave_pid=$LAST_PID
+load ov-wave --grpc "http://127.0.0.1:$SGW_GRPC" --connections "$CONNS" --concurrency 1024 \
+  --rate "$(( wave / 10 ))" --requests "$wave" --dist seq --keys "$wave" --prefix "valid-wave-$RANDOM-" \
+  --source per-key --budget 200ms \
+  --metrics "http://127.0.0.1:$SGW_HTTP/metrics" --upstream-stats "http://127.0.0.1:$FK_OV/__stats"
+stop_pid "$wave_pid"
+}
+
+# ================================================================= 1. floor
+# Starts the fake Kratos, the no-op floor server and the main sessiongate (FLOOR_PID, SG_PID),
+# then alternates floor and sessiongate cache-hit runs.
+scenario_floor() {
+log "== floor: no-op ext_authz server vs sessiongate on 100% cache hits"
+fake_kratos fk-fast "$FK_FAST" 1ms
+bg floor SERVER_CPU "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_PORT"
+FLOOR_PID=$LAST_PID
+wait_tcp "$FLOOR_PORT"
+start_sg sg-main "$SG_GRPC" "$SG_HTTP" "http://127.0.0.1:$FK_FAST"
+SG_PID=$LAST_PID
+local common=(--connections "$CONNS" --concurrency "$CONC")
+# This machine is noisy (2 shared cores): floor and sessiongate runs alternate, REPS times each,
+# and the run with the median figure stands for each (all figures are kept in facts.json).
+for i in $(seq 1 "$REPS"); do
+  load "floor-r$i" --grpc "http://127.0.0.1:$FLOOR_PORT" "${common[@]}" --warmup "$WARM" --duration "$DUR"
+  load "sg-hit-r$i" --grpc "http://127.0.0.1:$SG_GRPC" "${common[@]}" --warmup "$WARM" --duration "$DUR" \
+    --dist same --prefix valid-hit- --metrics "http://127.0.0.1:$SG_HTTP/metrics" --min-ok-ratio 0.99
+done
+median_run floor "d['rps']"; median_run sg-hit "d['rps']"
+}
+
 if [[ "${BENCH_ONLY:-}" == rules ]]; then
   fake_kratos fk-fast "$FK_FAST" 1ms
   scenario_rules
@@ -351,23 +435,18 @@ if [[ "${BENCH_ONLY:-}" == rules ]]; then
   exit 0
 fi
 
-# ================================================================= 1. floor
-log "== floor: no-op ext_authz server vs sessiongate on 100% cache hits"
-fake_kratos fk-fast "$FK_FAST" 1ms
-bg floor SERVER_CPU "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_PORT"
-FLOOR_PID=$LAST_PID
-wait_tcp "$FLOOR_PORT"
-start_sg sg-main "$SG_GRPC" "$SG_HTTP" "http://127.0.0.1:$FK_FAST"
-SG_PID=$LAST_PID
-COMMON=(--connections "$CONNS" --concurrency "$CONC")
-# This machine is noisy (2 shared cores): floor and sessiongate runs alternate, REPS times each,
-# and the run with the median figure stands for each (all figures are kept in facts.json).
-for i in $(seq 1 "$REPS"); do
-  load "floor-r$i" --grpc "http://127.0.0.1:$FLOOR_PORT" "${COMMON[@]}" --warmup "$WARM" --duration "$DUR"
-  load "sg-hit-r$i" --grpc "http://127.0.0.1:$SG_GRPC" "${COMMON[@]}" --warmup "$WARM" --duration "$DUR" \
-    --dist same --prefix valid-hit- --metrics "http://127.0.0.1:$SG_HTTP/metrics" --min-ok-ratio 0.99
-done
-median_run floor "d['rps']"; median_run sg-hit "d['rps']"
+if [[ "${BENCH_ONLY:-}" == overload ]]; then
+  scenario_floor
+  stop_pid "$SG_PID"; stop_pid "$FLOOR_PID"
+  scenario_overload
+  echo "floor ratio: $(python3 -c "import json; a=json.load(open('$OUT/sg-hit.json')); b=json.load(open('$OUT/floor.json')); print(round(a['rps']/b['rps'],3))")"
+  for l in ov-calm ov-legit-1x ov-legit-4x ov-flood-1x ov-flood-4x ov-wave; do
+    echo "$l: $(jget "$l" "round(d['rps'])") req/s, statuses $(jget "$l" "d['statuses']"), p99 $(jget "$l" "round(d['latency_us']['p99'])") µs, over 200ms $(jget "$l" "d.get('over_budget')"), upstream max in flight $(jget "$l" "d.get('upstream',{}).get('max_concurrency')")"
+  done
+  exit 0
+fi
+
+scenario_floor
 
 # ================================================================= 2. latency
 MAX_RPS=$(jget sg-hit "d['rps']")
@@ -418,24 +497,6 @@ LEGIT=(--grpc "http://127.0.0.1:$SGP_GRPC" --connections "$CONNS" --concurrency 
   --dist seq --keys "$SPRAY_LEGIT_KEYS" --prefix valid-legit- >/dev/null
 load spray-calm "${LEGIT[@]}" --warmup "$WARM" --duration "$DUR"
 SPRAY_DUR=$(python3 -c "import re; m=re.match(r'([0-9.]+)s','$DUR'); print(str(float(m.group(1))+float('${WARM%s}')+1.0)+'s')")
-# flood LABEL ARGS...: random unknown cookies in the background while the legit load runs.
-# No polling of /metrics during the run (it perturbed the legit latency through the shared load
-# core); the maximum whoami concurrency comes from the fake Kratos' own counter.
-flood() {
-  local label=$1; shift
-  "${LOAD_CPU[@]}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:$SGP_GRPC" --connections 2 \
-    --duration "$SPRAY_DUR" --dist random --prefix unknown- \
-    --metrics "http://127.0.0.1:$SGP_HTTP/metrics" \
-    --upstream-stats "http://127.0.0.1:$FK_SPRAY/__stats" "$@" >"$OUT/$label.out" 2>&1 &
-  FLOOD_PID=$!
-  PIDS+=("$FLOOD_PID")
-  sleep 0.5
-}
-flood_done() { # LABEL
-  wait "$FLOOD_PID" || { cat "$OUT/$1.out"; log "spray flood $1 failed"; exit 1; }
-  sed '$d' "$OUT/$1.out"
-  tail -n1 "$OUT/$1.out" >"$OUT/$1.json"
-}
 # (a) A light flood: a quarter of the legitimate rate.
 flood spray-flood-light --concurrency 512 --rate "$(( SPRAY_RATE / 4 ))"
 load spray-under-light-flood "${LEGIT[@]}" --warmup "$WARM" --duration "$DUR"
@@ -450,6 +511,7 @@ load spray-under-max-flood "${LEGIT[@]}" --warmup "$WARM" --duration "$DUR"
 flood_done spray-flood-max
 stop_pid "$SGP_PID"
 
+scenario_overload
 scenario_rules
 
 # ================================================================= 6. memory

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
+    HttpRequest, Peer, Request as AttrRequest,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hdrhistogram::Histogram;
@@ -121,6 +122,14 @@ pub struct LoadArgs {
     /// Fail (exit 1) unless at least this fraction of requests were allowed.
     #[arg(long)]
     min_ok_ratio: Option<f64>,
+    /// Client address sent as Envoy's `attributes.source.address`: an IP, or `per-key` (each
+    /// credential its own 10.x.y.z address, like users behind their own connections).
+    #[arg(long)]
+    source: Option<String>,
+    /// Count answers slower than this (a proxy with this ext_authz timeout would have failed
+    /// them), e.g. 200ms for Envoy's default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    budget: Option<Duration>,
 }
 
 /// Where credentials come from.
@@ -178,6 +187,7 @@ struct WorkerStats {
     denied: u64,
     errors: u64,
     statuses: HashMap<String, u64>,
+    over_budget: u64,
 }
 
 impl WorkerStats {
@@ -188,6 +198,7 @@ impl WorkerStats {
             denied: 0,
             errors: 0,
             statuses: HashMap::new(),
+            over_budget: 0,
         }
     }
 }
@@ -213,6 +224,8 @@ struct Shared {
     /// Requests whose (intended) start is before this are not recorded.
     record_from: Instant,
     seq_id: AtomicU64,
+    source: Option<String>,
+    budget_ns: Option<u64>,
 }
 
 fn check_request(sh: &Shared, cred: &str, id: u64) -> CheckRequest {
@@ -238,8 +251,29 @@ fn check_request(sh: &Shared, cred: &str, id: u64) -> CheckRequest {
         None => (sh.path.clone(), String::new()),
     };
     let _ = path;
+    let source = sh.source.as_deref().map(|s| {
+        let address = if s == "per-key" {
+            // A stable 10.x.y.z per credential.
+            let h = cred.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            format!("10.{}.{}.{}", (h >> 16) & 255, (h >> 8) & 255, h & 255)
+        } else {
+            s.to_owned()
+        };
+        Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address,
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        }
+    });
     CheckRequest {
         attributes: Some(AttributeContext {
+            source,
             request: Some(AttrRequest {
                 http: Some(HttpRequest {
                     id: rid,
@@ -368,6 +402,9 @@ async fn worker(sh: Arc<Shared>, idx: usize) -> WorkerStats {
         }
         let ns = done.saturating_duration_since(intended).as_nanos() as u64;
         stats.hist.saturating_record(ns.max(1_000));
+        if sh.budget_ns.is_some_and(|b| ns > b) {
+            stats.over_budget += 1;
+        }
         match class {
             Class::Ok => stats.ok += 1,
             Class::Denied => stats.denied += 1,
@@ -524,6 +561,8 @@ pub async fn load(args: LoadArgs) -> Result<()> {
         t0,
         record_from,
         seq_id: AtomicU64::new(0),
+        source: args.source.clone(),
+        budget_ns: args.budget.map(|b| b.as_nanos() as u64),
     });
 
     // Pacer (open-loop): an OS thread releases send slots at the intended times.
@@ -616,6 +655,7 @@ pub async fn load(args: LoadArgs) -> Result<()> {
                 total.ok += s.ok;
                 total.denied += s.denied;
                 total.errors += s.errors;
+                total.over_budget += s.over_budget;
                 for (k, v) in s.statuses {
                     *total.statuses.entry(k).or_default() += v;
                 }
@@ -660,6 +700,7 @@ pub async fn load(args: LoadArgs) -> Result<()> {
         "denied": total.denied,
         "errors": total.errors,
         "statuses": total.statuses.iter().collect::<BTreeMap<_, _>>(),
+        "over_budget": total.over_budget,
         "seconds": secs,
         "rps": n as f64 / secs,
         "latency_us": {
@@ -733,6 +774,9 @@ fn print_human(o: &Value) {
         o["errors"],
         o["statuses"],
     );
+    if o["over_budget"].as_u64().unwrap_or(0) > 0 {
+        println!("  over the --budget: {}", o["over_budget"]);
+    }
     println!(
         "  latency µs: mean {:.0} p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
         l["mean"].as_f64().unwrap_or(0.0),

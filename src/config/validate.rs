@@ -220,6 +220,16 @@ fn cache(c: &Config, r: &mut Report) {
             "keep it short (default 5s) so that a user who just logged in is not denied",
         );
     }
+    if c.cache.stale_while_overloaded > Duration::from_secs(600) {
+        r.add(
+            "cache.stale_while_overloaded",
+            format!(
+                "{:?} would keep serving sessions long after a revocation",
+                c.cache.stale_while_overloaded
+            ),
+            "use at most 10m (default 30s), or 0s to turn it off",
+        );
+    }
     if c.cache.refresh_after > c.cache.ttl {
         r.add(
             "cache.refresh_after",
