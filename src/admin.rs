@@ -160,9 +160,24 @@ impl Admin {
         Ok(result?)
     }
 
-    /// Drops everything (every replica, with Redis).
+    /// Drops everything: sessions and, when configured, OAuth2 introspection answers (every
+    /// replica, with Redis).
     pub async fn invalidate_all(&self, via: Via) -> Result<u64, AdminError> {
-        let result = self.cache.invalidate_all().await;
+        let sessions = self.cache.invalidate_all().await;
+        let answers = match &self.introspection {
+            Some(c) => c
+                .invalidate_all()
+                .await
+                .map_err(|e| BroadcastFailed { local: e.local }),
+            None => Ok(0),
+        };
+        let result = match (sessions, answers) {
+            (Ok(a), Ok(b)) => Ok(a + b),
+            (
+                Ok(a) | Err(BroadcastFailed { local: a }),
+                Ok(b) | Err(BroadcastFailed { local: b }),
+            ) => Err(BroadcastFailed { local: a + b }),
+        };
         log(via, "all", "*", &result);
         Ok(result?)
     }

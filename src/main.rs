@@ -12,6 +12,14 @@ use sessiongate::config::{Algorithm, Config, ConfigError, LogFormat};
 use sessiongate::token::KeySet;
 use sessiongate::token::load_keys;
 
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Envoy ext_authz server for Ory Kratos sessions.
 ///
 /// sessiongate answers Envoy's `ext_authz` gRPC Check call: it finds the Kratos session

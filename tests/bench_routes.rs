@@ -36,6 +36,7 @@ impl SessionSource for Always {
                         serde_json::json!("admin"),
                     )]
                     .into(),
+                    minted: Default::default(),
                 })),
                 cache_for: None,
             })

@@ -186,6 +186,7 @@ fn mint_ours_vs_jsonwebtoken() {
                 expires_at,
                 extra_claims: r#""email":"a@example.com""#,
                 generation,
+                slot: None,
             };
             minter.header_value(&p, None).unwrap().to_string()
         });

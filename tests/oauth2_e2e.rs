@@ -216,4 +216,20 @@ async fn session_jwt_and_opaque_tokens_side_by_side() {
         calls + 1.0,
         "introspected again"
     );
+    // Invalidate-all drops introspection answers too (here the cached "inactive").
+    admin
+        .invalidate_all(sessiongate::admin_pb::InvalidateAllRequest {})
+        .await
+        .unwrap();
+    let r = c
+        .check(bearer_at(&opaque, "/api/x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&r).0, 401);
+    assert_eq!(
+        metric(&gate, "introspection_requests_total", "").await,
+        calls + 2.0,
+        "the negative answer was dropped by invalidate-all"
+    );
 }

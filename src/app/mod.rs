@@ -58,6 +58,37 @@ pub struct App {
     /// The config file the rules are reloaded from.
     config_file: Option<std::path::PathBuf>,
     handles: Handles,
+    /// Runs upstream calls apart from the serving runtime (`whoami.worker_threads`).
+    upstream: UpstreamRuntime,
+}
+
+/// The runtime for upstream calls; shut down (without blocking) when the app goes.
+struct UpstreamRuntime(Option<tokio::runtime::Runtime>);
+
+impl UpstreamRuntime {
+    fn new(threads: usize) -> anyhow::Result<UpstreamRuntime> {
+        if threads == 0 {
+            return Ok(UpstreamRuntime(None));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sessiongate-upstream")
+            .enable_all()
+            .build()?;
+        Ok(UpstreamRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for UpstreamRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -191,7 +222,7 @@ impl App {
             metrics.clone(),
             config.tracing.enabled,
         )?;
-        let cache = Arc::new(SessionCache::with_shared(
+        let mut cache = SessionCache::with_shared(
             &config.cache,
             Arc::new(whoami),
             metrics.clone(),
@@ -199,7 +230,12 @@ impl App {
             shared
                 .clone()
                 .map(|s| (s as Arc<dyn SharedTier>, config.redis.degraded_ttl)),
-        ));
+        );
+        let upstream = UpstreamRuntime::new(config.whoami.worker_threads)?;
+        if let Some(handle) = upstream.handle() {
+            cache = cache.with_executor(handle);
+        }
+        let cache = Arc::new(cache);
         let background = CancellationToken::new();
         if let Some(shared) = &shared {
             let remote_cache = cache.clone();
@@ -254,6 +290,7 @@ impl App {
             background,
             admin,
             config_file: None,
+            upstream,
             handles: Handles {
                 authorizer,
                 cache,
@@ -307,6 +344,8 @@ impl App {
             admin,
             config_file,
             handles,
+            // Kept until the app stops: in-flight upstream calls finish or are abandoned then.
+            upstream: _upstream,
         } = self;
         let _stop_background = background.drop_guard();
         let grpc_addr = grpc_listener.local_addr()?;

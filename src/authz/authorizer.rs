@@ -518,6 +518,7 @@ impl Authorizer {
             expires_at: session.expires_at,
             extra_claims: &session.extra_claims,
             generation: session.generation,
+            slot: Some(&session.minted),
         };
         let mut allow = match self.mint_allow(req, route, &principal) {
             Ok(allow) => allow,

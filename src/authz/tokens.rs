@@ -147,6 +147,7 @@ impl Authorizer {
             expires_at: p.expires_at,
             extra_claims: &extra,
             generation: p.generation,
+            slot: None,
         };
         let mut allow = match self.mint_allow(req, route, &principal) {
             Ok(allow) => allow,

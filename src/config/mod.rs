@@ -166,7 +166,8 @@ pub struct WhoamiConfig {
     pub max_concurrency: usize,
     /// Slots of `max_concurrency` only refreshes of sessions the cache knows may use, so that
     /// first lookups of unknown credentials (logins, junk) cannot crowd out known users.
-    /// Unset: a quarter of `max_concurrency` (at least 1).
+    /// Unset: an eighth of `max_concurrency` (at least 1). Known sessions also use any free
+    /// slot, and go first when one frees up; the reserve is what a flood can never take.
     pub known_reserve: Option<usize>,
     /// How long a lookup may wait for a whoami slot before it is shed with 503. Waiting first
     /// lookups are served round-robin by client address. Keep `queue_timeout` plus Kratos'
@@ -176,6 +177,10 @@ pub struct WhoamiConfig {
     /// Most lookups waiting for a slot at once; when full, the source with the most waiters
     /// loses its newest one.
     pub max_waiting: usize,
+    /// Threads of a runtime that runs upstream calls (whoami I/O, parsing answers, shared-tier
+    /// reads) apart from the one that serves checks. `0` (default): run them on the serving
+    /// runtime; measured, the miss work is a small share of a flood's cost (docs/overload.md).
+    pub worker_threads: usize,
     /// Largest accepted whoami response body, in bytes.
     pub max_body_bytes: usize,
     /// Idle keep-alive connections kept per Kratos host.
@@ -254,8 +259,9 @@ pub struct CacheConfig {
     /// off: the user waits for the revalidation, or gets 503 if it is shed.
     #[serde(with = "humantime_serde")]
     pub stale_while_overloaded: Duration,
-    /// Upper bound of the session cache's weight in bytes; minted tokens are kept in a separate
-    /// cache bounded at a quarter of this.
+    /// Upper bound of the session cache's weight in bytes, each session's token for the default
+    /// audience included; tokens for other audiences and for access tokens are kept in a
+    /// separate cache bounded at a quarter of this.
     pub max_bytes: u64,
     /// Whether a request's `Cache-Control: max-age=N` (or `no-cache`) limits the age of the
     /// cached answer: `never`, `always`, or `route` (only where the route sets the
@@ -519,10 +525,10 @@ impl Default for HttpConfig {
 }
 
 impl WhoamiConfig {
-    /// The slots reserved for known sessions (`known_reserve`, or a quarter of the slots).
+    /// The slots reserved for known sessions (`known_reserve`, or an eighth of the slots).
     pub fn known_reserve(&self) -> usize {
         self.known_reserve
-            .unwrap_or((self.max_concurrency / 4).max(1))
+            .unwrap_or((self.max_concurrency / 8).max(1))
     }
 }
 
@@ -536,6 +542,7 @@ impl Default for WhoamiConfig {
             known_reserve: None,
             queue_timeout: Duration::from_millis(120),
             max_waiting: 4096,
+            worker_threads: 0,
             max_body_bytes: 1024 * 1024,
             pool_max_idle: 64,
         }

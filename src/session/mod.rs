@@ -85,6 +85,9 @@ pub struct Session {
     pub authenticated_at: Option<SystemTime>,
     /// Values at the JSON pointers route requirements read (absent pointers are left out).
     pub facts: Box<[(Arc<str>, Value)]>,
+    /// The token minted for this session and the default audience, kept with it (and gone with
+    /// it) rather than in a cache of its own.
+    pub minted: crate::token::TokenSlot,
 }
 
 /// A number no other [`Session`] of this process has.
@@ -302,6 +305,7 @@ impl Projection {
         Ok(Session {
             authenticated_at,
             facts,
+            minted: Default::default(),
             id: id.to_owned(),
             identity_id: identity_id.to_owned(),
             aal,

@@ -875,6 +875,7 @@ mod tests {
             generation: crate::session::next_generation(),
             authenticated_at: None,
             facts: Box::new([]),
+            minted: Default::default(),
         };
         Stored::new(
             &Outcome::Active(Arc::new(s)),

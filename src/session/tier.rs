@@ -442,6 +442,7 @@ impl Stored {
                         })
                         .map(|(p, v)| (Arc::from(p.as_str()), v.clone()))
                         .collect(),
+                    minted: Default::default(),
                 }))
             }
             _ => return None,
@@ -547,6 +548,7 @@ mod tests {
                 generation: 1,
                 authenticated_at: None,
                 facts: Box::new([]),
+                minted: Default::default(),
             };
             let st = Stored::new(
                 &Outcome::Active(Arc::new(s)),
@@ -570,6 +572,7 @@ mod tests {
             generation: crate::session::next_generation(),
             authenticated_at: None,
             facts: Box::new([]),
+            minted: Default::default(),
         };
         let st = Stored::new(
             &Outcome::Active(Arc::new(s)),

@@ -56,6 +56,19 @@ pub struct Principal<'a> {
     pub extra_claims: &'a str,
     /// Unique per answer of the source (see above).
     pub generation: u64,
+    /// The principal's own place for its default-audience token (sessions), if it has one.
+    pub slot: Option<&'a TokenSlot>,
+}
+
+/// Where a session keeps its token for the default audience: the token lives and dies with the
+/// session's cache entry, so the common case costs no entry of its own in the minter's cache.
+#[derive(Default)]
+pub struct TokenSlot(arc_swap::ArcSwapOption<Minted>);
+
+impl std::fmt::Debug for TokenSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSlot(<redacted>)")
+    }
 }
 
 /// Minted tokens, per principal generation and audience, bounded in bytes.
@@ -211,9 +224,16 @@ impl Minter {
         let now_s = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let generation = self.generation.load(Ordering::SeqCst);
         let key = (principal.generation, audience_hash(audience));
-        if let Some(t) = self.tokens.get(&key)
-            && t.audience.as_deref() == audience
-        {
+        // The slot holds only the default audience's token of this very principal answer.
+        let slot = principal.slot.filter(|_| audience.is_none());
+        let held = match slot {
+            Some(slot) => slot.0.load_full(),
+            None => self
+                .tokens
+                .get(&key)
+                .filter(|t| t.audience.as_deref() == audience),
+        };
+        if let Some(t) = held {
             let lifetime = t.exp.saturating_sub(t.iat);
             if t.generation == generation && t.exp > now_s && (t.exp - now_s) * 10 > lifetime {
                 return Ok(t.header_value.clone());
@@ -230,16 +250,17 @@ impl Minter {
         }
         let jwt = self.sign(principal, audience, now_s, exp)?;
         let header_value: Arc<str> = format!("Bearer {jwt}").into();
-        self.tokens.insert(
-            key,
-            Arc::new(Minted {
-                audience: audience.map(Into::into),
-                header_value: header_value.clone(),
-                iat: now_s,
-                exp,
-                generation,
-            }),
-        );
+        let minted = Arc::new(Minted {
+            audience: audience.map(Into::into),
+            header_value: header_value.clone(),
+            iat: now_s,
+            exp,
+            generation,
+        });
+        match slot {
+            Some(slot) => slot.0.store(Some(minted)),
+            None => self.tokens.insert(key, minted),
+        }
         Ok(header_value)
     }
 
@@ -334,7 +355,34 @@ mod tests {
                 static NEXT: AtomicU64 = AtomicU64::new(1);
                 NEXT.fetch_add(1, Ordering::Relaxed)
             },
+            slot: None,
         }
+    }
+
+    #[test]
+    fn a_sessions_default_audience_token_is_kept_in_its_slot() {
+        let m = minter();
+        let slot = TokenSlot::default();
+        let s = Principal {
+            slot: Some(&slot),
+            ..session(3600)
+        };
+        let a = m.header_value(&s, None).unwrap();
+        assert!(Arc::ptr_eq(&a, &m.header_value(&s, None).unwrap()));
+        m.tokens.run_pending_tasks();
+        assert_eq!(m.tokens.entry_count(), 0, "kept in the slot, not the cache");
+        assert_eq!(m.metrics.jwt_mints.get(), 1);
+        // Another audience goes to the cache; the slot keeps the default one.
+        let b = m.header_value(&s, Some("admin")).unwrap();
+        assert_eq!(claims(&b)["aud"], "admin");
+        m.tokens.run_pending_tasks();
+        assert_eq!(m.tokens.entry_count(), 1);
+        assert!(Arc::ptr_eq(&a, &m.header_value(&s, None).unwrap()));
+        // Key rotation re-mints into the slot.
+        let (keys, _) = KeySet::generate(Algorithm::ES256, Some("k2".into())).unwrap();
+        m.replace_keys(keys);
+        assert!(!Arc::ptr_eq(&a, &m.header_value(&s, None).unwrap()));
+        assert_eq!(m.metrics.jwt_mints.get(), 3);
     }
 
     fn minter() -> Minter {

@@ -42,6 +42,9 @@ pub mod key;
 use index::Index;
 use key::{CacheKey, KeyHasher};
 
+/// What a session's kept token weighs (the token itself is minted after the entry is weighed).
+const MINTED_WEIGHT: usize = 640;
+
 /// What the cache stores for one credential.
 #[derive(Debug)]
 struct Cached {
@@ -144,6 +147,9 @@ struct Inner {
     all_invalidated_at: Mutex<Option<Instant>>,
     tier: Option<Arc<dyn SharedTier>>,
     degraded_ttl: Duration,
+    /// Where upstream calls run (whoami I/O, answer parsing, shared-tier reads), so that cache
+    /// hits on the serving runtime never wait behind them. `None`: the caller's runtime.
+    executor: Option<tokio::runtime::Handle>,
 }
 
 /// The session cache.
@@ -227,8 +233,17 @@ impl SessionCache {
                 all_invalidated_at: Mutex::default(),
                 degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
                 tier: shared.map(|(tier, _)| tier),
+                executor: None,
             }),
         }
+    }
+
+    /// Runs upstream calls on `executor` instead of the caller's runtime (call before sharing).
+    pub fn with_executor(mut self, executor: tokio::runtime::Handle) -> SessionCache {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_executor is called on a cache nobody else holds yet")
+            .executor = Some(executor);
+        self
     }
 
     /// The cache key of a credential.
@@ -375,17 +390,19 @@ impl SessionCache {
         let sent_by_fetch = sent.clone();
         // The upstream call runs as its own task (callers may give up; the answer is still
         // cached) but stays in the trace of the request that started it.
-        let task = tokio::spawn(
-            async move {
-                let result = this.fetch(key, &credential, &cx, &sent_by_fetch).await;
-                let mut inflight = lock(&this.inner.inflight);
-                if inflight.get(&key).is_some_and(|f| f.id == id) {
-                    inflight.remove(&key);
-                }
-                result
+        let work = async move {
+            let result = this.fetch(key, &credential, &cx, &sent_by_fetch).await;
+            let mut inflight = lock(&this.inner.inflight);
+            if inflight.get(&key).is_some_and(|f| f.id == id) {
+                inflight.remove(&key);
             }
-            .instrument(tracing::Span::current()),
-        );
+            result
+        }
+        .instrument(tracing::Span::current());
+        let task = match &self.inner.executor {
+            Some(executor) => executor.spawn(work),
+            None => tokio::spawn(work),
+        };
         let fut: Pin<Box<dyn Future<Output = FetchResult> + Send>> = Box::pin(task.map(|r| {
             r.unwrap_or(Err(Uncached::Upstream(UpstreamError::Unavailable(
                 "internal",
@@ -531,8 +548,9 @@ impl SessionCache {
             Outcome::Active(s) => {
                 let keep = (usable + inner.stale_if_error.max(inner.stale_while_overloaded))
                     .min(s.remaining(SystemTime::now()));
-                // The session and the entry's own overhead (minted tokens live in the minter).
-                let weight = s.weight() + 256;
+                // The session, the entry's own overhead, and the default-audience token the
+                // session keeps once minted (`Bearer ` + an ES256/EdDSA JWT with a few claims).
+                let weight = s.weight() + 256 + MINTED_WEIGHT;
                 (keep, weight)
             }
             _ => (usable, 160),
@@ -614,6 +632,7 @@ mod tests {
             generation: crate::session::next_generation(),
             authenticated_at: None,
             facts: Box::new([]),
+            minted: Default::default(),
         })
     }
 
