@@ -5,6 +5,7 @@
 #   scripts/bench.sh --smoke    # every scenario with tiny sizes (< 60 s); asserts only that each ran
 #   BENCH_ONLY=rules scripts/bench.sh   # only route rules (1,000 vs none) and credential kinds
 #   BENCH_ONLY=overload scripts/bench.sh  # floor, then known users under floods (1x, 4x) and a login wave
+#   BENCH_ONLY=alloc scripts/bench.sh     # global allocator A/B (glibc, mimalloc, jemalloc), alternated
 #   scripts/bench.sh --soak     # soak: SOAK_MINUTES (default 10) at 50% of max throughput with
 #                               # churning sessions; RSS sampled every phase; fails on any error
 #   scripts/bench.sh --soak --smoke   # the soak with three 3-second phases
@@ -398,7 +399,7 @@ stop_pid "$ov_pid"
 start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
 local wave_pid=$LAST_PID
 load ov-wave --grpc "http://127.0.0.1:$SGW_GRPC" --connections "$CONNS" --concurrency 1024 \
-  --rate "$(( wave / 10 ))" --requests "$wave" --dist seq --keys "$wave" --prefix "valid-wave-$RANDOM-" \
+  --rate "$(( wave / 10 ))" --duration 10s --dist seq --keys "$wave" --prefix "valid-wave-$RANDOM-" \
   --source per-key --budget 200ms \
   --metrics "http://127.0.0.1:$SGW_HTTP/metrics" --upstream-stats "http://127.0.0.1:$FK_OV/__stats"
 stop_pid "$wave_pid"
@@ -426,12 +427,68 @@ done
 median_run floor "d['rps']"; median_run sg-hit "d['rps']"
 }
 
+# ================================================================= allocator A/B
+# Builds sessiongate once per global allocator (default features: mimalloc; alloc-jemalloc;
+# --no-default-features: glibc malloc), then runs ALLOC_ROUNDS rounds; in each round every allocator, in rotating
+# order, gets a cache-hit run next to the floor (ratio, p99) and a fill of MEM_SESSIONS sessions
+# (RSS per cached session). Medians over the rounds stand.
+scenario_alloc() {
+local rounds=${ALLOC_ROUNDS:-5} allocs=(glibc mimalloc jemalloc) a r i
+for a in "${allocs[@]}"; do
+  local feat=()
+  case $a in
+    glibc) feat=(--no-default-features) ;;
+    jemalloc) feat=(--no-default-features --features alloc-jemalloc) ;;
+  esac
+  log "building sessiongate with $a"
+  cargo build --release -p sessiongate --bin sessiongate "${feat[@]}" >&2
+  cp "$RELEASE_DIR/sessiongate" "$OUT/sessiongate-$a"
+done
+# Leave the default build in place for whatever runs next.
+cargo build --release -p sessiongate --bin sessiongate >&2
+fake_kratos fk-fast "$FK_FAST" 1ms
+bg floor SERVER_CPU "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_PORT"
+local floor_pid=$LAST_PID
+wait_tcp "$FLOOR_PORT"
+local sg_bin=$SG_BIN
+for r in $(seq 1 "$rounds"); do
+  load "alloc-floor-r$r" --grpc "http://127.0.0.1:$FLOOR_PORT" --connections "$CONNS" --concurrency "$CONC" \
+    --warmup "$WARM" --duration "$DUR"
+  for i in 0 1 2; do
+    a=${allocs[$(( (i + r) % 3 ))]}
+    SG_BIN="$OUT/sessiongate-$a"
+    start_sg "alloc-$a" "$SGM_GRPC" "$SGM_HTTP" "http://127.0.0.1:$FK_FAST" SESSIONGATE_CACHE__MAX_BYTES=2147483648
+    local pid=$LAST_PID
+    load "alloc-$a-hit-r$r" --grpc "http://127.0.0.1:$SGM_GRPC" --connections "$CONNS" --concurrency "$CONC" \
+      --warmup "$WARM" --duration "$DUR" --dist same --prefix valid-hit- --min-ok-ratio 0.99
+    "${LOAD_CPU[@]}" "$BENCH" load --grpc "http://127.0.0.1:$SGM_GRPC" --concurrency 1 --requests 10 --prefix valid-memwarm- >/dev/null
+    sleep 1
+    local rss0 rss1
+    rss0=$(rss_kb "$pid")
+    load "alloc-$a-fill-r$r" --grpc "http://127.0.0.1:$SGM_GRPC" --connections "$CONNS" --concurrency 256 \
+      --requests "$MEM_SESSIONS" --dist seq --keys "$MEM_SESSIONS" --prefix "valid-mem-$r-" --min-ok-ratio 0.99
+    sleep 2
+    rss1=$(rss_kb "$pid")
+    note "alloc-$a-r$r" "{\"rss_before_kb\": $rss0, \"rss_after_kb\": $rss1, \"sessions\": $MEM_SESSIONS, \"hit_rps\": $(jget "alloc-$a-hit-r$r" "d['rps']"), \"hit_p99_us\": $(jget "alloc-$a-hit-r$r" "d['latency_us']['p99']"), \"floor_rps\": $(jget "alloc-floor-r$r" "d['rps']")}"
+    echo "alloc $a round $r: hit $(jget "alloc-$a-hit-r$r" "round(d['rps'])") req/s (floor $(jget "alloc-floor-r$r" "round(d['rps'])")), p99 $(jget "alloc-$a-hit-r$r" "round(d['latency_us']['p99'])") µs, $(( (rss1 - rss0) * 1024 / MEM_SESSIONS )) B/session"
+    stop_pid "$pid"
+  done
+done
+SG_BIN=$sg_bin
+stop_pid "$floor_pid"
+}
+
 if [[ "${BENCH_ONLY:-}" == rules ]]; then
   fake_kratos fk-fast "$FK_FAST" 1ms
   scenario_rules
   for l in rules-none rules-1000 kind-session kind-jwt kind-oauth2; do
     echo "$l: $(jget "$l" "round(d['rps'])") req/s, p99 $(jget "$l" "round(d['latency_us']['p99'])") µs"
   done
+  exit 0
+fi
+
+if [[ "${BENCH_ONLY:-}" == alloc ]]; then
+  scenario_alloc
   exit 0
 fi
 
