@@ -162,5 +162,22 @@ async fn a_spray_of_unknown_cookies_never_costs_known_users_their_answer() {
         legit_calls > LEGIT,
         "no revalidation happened: {legit_calls}"
     );
+    // The metrics show each path: revalidations through the known lane, the spray's first
+    // lookups shed from theirs.
+    let admissions = |filter: &'static str| metric(&gate, "whoami_admissions_total", filter);
+    assert!(
+        admissions("lane=\"known\"").await > 0.0,
+        "no known-lane admission"
+    );
+    let mut first_shed = 0.0;
+    for result in ["timeout", "shed", "pushed_out"] {
+        first_shed += metric(
+            &gate,
+            "whoami_admissions_total",
+            &format!("lane=\"first\",result=\"{result}\""),
+        )
+        .await;
+    }
+    assert!(first_shed > 0.0, "no first lookup shed");
     gate.stop().await.unwrap();
 }
