@@ -46,6 +46,7 @@ log() { echo "bench.sh: $*" >&2; }
 if (( SMOKE )); then
   DUR=1s; WARM=0.3s; LAT_DUR=1s; REAL_COLD=1s; REAL_STEADY=1s; REAL_KEYS=1000
   STAMPEDE=200; MEM_SESSIONS=2000; SPRAY_LEGIT_KEYS=100; OK_IDENTITIES=5; OK_DUR=1s; REPS=1
+  OV_DUR=${OV_DUR:-2s}; OV_WAVE=${OV_WAVE:-1000}; OV_WAVE_S=${OV_WAVE_S:-2}; ALLOC_ROUNDS=${ALLOC_ROUNDS:-1}
 else
   DUR=15s; WARM=3s; LAT_DUR=15s; REAL_COLD=20s; REAL_STEADY=40s; REAL_KEYS=10000
   STAMPEDE=1000; MEM_SESSIONS=100000; SPRAY_LEGIT_KEYS=1000; OK_IDENTITIES=100; OK_DUR=15s; REPS=3
@@ -374,8 +375,8 @@ stop_pid "$TOKENS_PID"
 # flood of unknown cookies from one address at 1x and 4x their rate. Then a login wave: 20,000
 # new sessions in 10 s against 64 slots, each answer judged against Envoy's 200 ms budget.
 scenario_overload() {
-local rate=${OV_RATE:-2000} dur=${OV_DUR:-15s} wave=${OV_WAVE:-20000}
-log "== overload: 200 known sessions at $rate req/s, calm vs floods of unknown cookies at 1x and 4x; login wave of $wave sessions"
+local rate=${OV_RATE:-2000} dur=${OV_DUR:-15s} wave=${OV_WAVE:-20000} wave_s=${OV_WAVE_S:-10}
+log "== overload: 200 known sessions at $rate req/s, calm vs floods of unknown cookies at 1x and 4x; login wave of $wave sessions in ${wave_s} s"
 fake_kratos fk-ov "$FK_OV" 20ms
 start_sg sg-ov "$SGO_GRPC" "$SGO_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=16 \
   SESSIONGATE_CACHE__TTL=5s SESSIONGATE_CACHE__REFRESH_AFTER=4s
@@ -399,7 +400,7 @@ stop_pid "$ov_pid"
 start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
 local wave_pid=$LAST_PID
 load ov-wave --grpc "http://127.0.0.1:$SGW_GRPC" --connections "$CONNS" --concurrency 1024 \
-  --rate "$(( wave / 10 ))" --duration 10s --dist seq --keys "$wave" --prefix "valid-wave-$RANDOM-" \
+  --rate "$(( wave / wave_s ))" --duration "${wave_s}s" --dist seq --keys "$wave" --prefix "valid-wave-$RANDOM-" \
   --source per-key --budget 200ms \
   --metrics "http://127.0.0.1:$SGW_HTTP/metrics" --upstream-stats "http://127.0.0.1:$FK_OV/__stats"
 stop_pid "$wave_pid"
@@ -694,6 +695,20 @@ if calm and under:
 underl = r("spray-under-light-flood", "latency_us", "p99")
 if calm and underl:
     row("spray", f"legit p99 µs, flood {r('spray-flood-light','rps',default=0):.0f} req/s (1/4 legit rate) vs calm", round(underl), round(calm), round(underl / calm, 2), "<= 2x calm", underl <= 2 * calm)
+# overload isolation: known users next to floods at 1x and 4x, and a login wave
+def legit_503(name):
+    return sum(v for k, v in (r(name, "statuses", default={}) or {}).items() if k != "ok")
+ovcalm = r("ov-calm", "latency_us", "p99")
+for x in ("1x", "4x"):
+    under = r(f"ov-legit-{x}", "latency_us", "p99")
+    if ovcalm and under:
+        row("overload", f"flood {x}: known users not allowed (of {r(f'ov-legit-{x}','requests')})", legit_503(f"ov-legit-{x}"), 0, None, "0", legit_503(f"ov-legit-{x}") == 0)
+        row("overload", f"flood {x}: legit p99 µs vs calm", round(under), round(ovcalm), round(under / ovcalm, 2), "<= 2x calm", under <= 2 * ovcalm)
+        up = r(f"ov-flood-{x}", "upstream", "max_concurrency")
+        row("overload", f"flood {x}: max whoami in flight (fake Kratos)", up, 16, None, "<= 16", up is not None and up <= 16)
+if r("ov-wave", "requests"):
+    bad = legit_503("ov-wave") + (r("ov-wave", "over_budget", default=0) or 0)
+    row("overload", f"login wave: {r('ov-wave','requests')} new sessions, 503s + answers over 200 ms", bad, 0, None, "0", bad == 0)
 undermax = r("spray-under-max-flood", "latency_us", "p99")
 if calm and undermax:
     row("spray", f"legit p99 µs, saturating flood {r('spray-flood-max','rps',default=0):.0f} req/s vs calm", round(undermax), round(calm), round(undermax / calm, 2), "(no goal: CPU saturated)", None)
