@@ -66,6 +66,19 @@ async fn cookie_session_is_allowed_with_a_verifiable_jwt_and_clean_upstream_head
         metric(&gate, "cache_lookups_total", "result=\"hit\"").await,
         1.0
     );
+
+    // A request id that is not one (spaces) goes neither to logs nor to Kratos.
+    let odd = check_request(
+        &[
+            ("cookie", "ory_kratos_session=someone-else"),
+            ("x-request-id", "req 43"),
+        ],
+        &[],
+    );
+    let _ = client.check(odd).await.unwrap();
+    let got = kratos.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].request_id, None);
     gate.stop().await.unwrap();
 }
 

@@ -314,7 +314,8 @@ impl Authorizer {
                 .map(str::to_owned)
         };
         let cx = LookupContext {
-            request_id: propagate("x-request-id", 128),
+            // One rule for the request id, in logs, spans and to Kratos alike.
+            request_id: crate::telemetry::request_id(&req.headers).map(str::to_owned),
             traceparent: propagate("traceparent", 64),
             tracestate: propagate("tracestate", 512),
             fresh: false,
