@@ -296,9 +296,8 @@ impl SessionCache {
                 inner.metrics.cache_lookup("bypass");
             }
             if matches!(hit.outcome, Outcome::Active(_)) {
-                let overload_ok = freshness.max_age.is_none()
-                    && arrival < usable_until + inner.stale_while_overloaded
-                    && self.still_valid(&key, &hit);
+                let overload_ok =
+                    freshness.max_age.is_none() && self.servable_overloaded(&key, &hit);
                 if overload_ok && inner.source.known_would_wait() {
                     // Every slot is taken: serve the session now and let its revalidation wait
                     // for a slot in the background.
@@ -333,7 +332,7 @@ impl SessionCache {
             Err(Uncached::Upstream(UpstreamError::Overloaded))
                 if known
                     .as_ref()
-                    .is_some_and(|(hit, ok)| *ok && self.still_valid(&key, hit)) =>
+                    .is_some_and(|(hit, ok)| *ok && self.servable_overloaded(&key, hit)) =>
             {
                 inner.metrics.cache_lookup("stale_overloaded");
                 let (hit, _) = known.expect("checked above");
@@ -343,10 +342,7 @@ impl SessionCache {
                 if !inner.stale_if_error.is_zero()
                     && matches!(e, UpstreamError::Unavailable(_))
                     && let Some(old) = inner.entries.get(&key).await
-                    && let Outcome::Active(s) = &old.outcome
-                    && Instant::now() < old.usable_until + inner.stale_if_error
-                    && s.expires_at > SystemTime::now()
-                    && !self.tombstoned(&key, s.id.as_str(), s.identity_id.as_str(), old.stored_at)
+                    && self.servable_past_ttl(&key, &old, inner.stale_if_error)
                 {
                     inner.metrics.cache_stale_if_error.inc();
                     tracing::warn!(error = %e, "serving a cached session past its TTL because Kratos failed (stale_if_error)");
@@ -494,16 +490,20 @@ impl SessionCache {
         unreachable!("the loop returns on its second attempt")
     }
 
-    /// May a held session still answer past its TTL (overload, Kratos errors)? Never past its
-    /// `expires_at`, never after an invalidation, never while invalidations may be missed.
-    fn still_valid(&self, key: &CacheKey, hit: &Cached) -> bool {
+    /// May a held session answer up to `window` past its TTL (`stale_if_error`,
+    /// `stale_while_overloaded`)? Never past its `expires_at`, never after an invalidation.
+    fn servable_past_ttl(&self, key: &CacheKey, hit: &Cached, window: Duration) -> bool {
         let Outcome::Active(s) = &hit.outcome else {
             return false;
         };
-        Instant::now() < hit.keep_until
+        Instant::now() < hit.usable_until + window
             && s.expires_at > SystemTime::now()
-            && !self.degraded()
             && !self.tombstoned(key, s.id.as_str(), s.identity_id.as_str(), hit.stored_at)
+    }
+
+    /// ...while whoami is saturated: also never while invalidations may be missed (degraded).
+    fn servable_overloaded(&self, key: &CacheKey, hit: &Cached) -> bool {
+        !self.degraded() && self.servable_past_ttl(key, hit, self.inner.stale_while_overloaded)
     }
 
     /// Is this replica missing invalidations (Redis configured, subscription down)?
