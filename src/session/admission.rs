@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use crate::telemetry::{AdmissionLabels, LaneLabel, Metrics};
@@ -28,10 +29,10 @@ use crate::telemetry::{AdmissionLabels, LaneLabel, Metrics};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Lane {
     /// A session the cache holds (refresh, or revalidation past its TTL).
-    Known,
+    Known = 0,
     /// A credential the cache does not know.
     #[default]
-    First,
+    First = 1,
 }
 
 impl Lane {
@@ -113,6 +114,9 @@ pub struct Admission {
     limits: AdmissionLimits,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// Per lane (`Lane as usize`): calls in flight, lookups waiting. Resolved once.
+    in_flight: [Gauge; 2],
+    waiting: [Gauge; 2],
 }
 
 impl std::fmt::Debug for Admission {
@@ -226,6 +230,15 @@ impl Admission {
             reserved,
             ..limits
         };
+        let per_lane = |family: &prometheus_client::metrics::family::Family<LaneLabel, Gauge>| {
+            [Lane::Known, Lane::First].map(|lane| {
+                family
+                    .get_or_create(&LaneLabel {
+                        lane: lane.as_str(),
+                    })
+                    .clone()
+            })
+        };
         Arc::new(Admission {
             limits,
             state: Mutex::new(State {
@@ -233,6 +246,8 @@ impl Admission {
                 free_reserved: reserved,
                 ..State::default()
             }),
+            in_flight: per_lane(&metrics.whoami_lane_in_flight),
+            waiting: per_lane(&metrics.whoami_waiting),
             metrics,
         })
     }
@@ -247,22 +262,12 @@ impl Admission {
             .inc();
     }
 
-    fn lane_in_flight(&self, lane: Lane) -> prometheus_client::metrics::gauge::Gauge {
-        self.metrics
-            .whoami_lane_in_flight
-            .get_or_create(&LaneLabel {
-                lane: lane.as_str(),
-            })
-            .clone()
+    fn lane_in_flight(&self, lane: Lane) -> &Gauge {
+        &self.in_flight[lane as usize]
     }
 
-    fn waiting(&self, lane: Lane) -> prometheus_client::metrics::gauge::Gauge {
-        self.metrics
-            .whoami_waiting
-            .get_or_create(&LaneLabel {
-                lane: lane.as_str(),
-            })
-            .clone()
+    fn waiting(&self, lane: Lane) -> &Gauge {
+        &self.waiting[lane as usize]
     }
 
     fn permit(self: &Arc<Self>, slot: Slot, lane: Lane) -> Permit {
