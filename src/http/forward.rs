@@ -57,8 +57,7 @@ pub fn to_request(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Request {
-    let trusted_cidrs = trusted;
-    let trusted = trusted.iter().any(|c| c.contains(peer));
+    let peer_trusted = is_trusted(trusted, peer);
     let mut hs = Headers::with_capacity(headers.len());
     for (k, v) in headers {
         hs.append(k.as_str(), &String::from_utf8_lossy(v.as_bytes()));
@@ -71,11 +70,11 @@ pub fn to_request(
         .map(|r| if r.is_empty() { "/" } else { r })
         .unwrap_or("/");
     let own_path_and_query = match uri.query() {
-        Some(q) if own_path != "/" || !trusted => format!("{own_path}?{q}"),
+        Some(q) if own_path != "/" || !peer_trusted => format!("{own_path}?{q}"),
         _ => own_path.to_owned(),
     };
     let host_header = header(headers, "host").unwrap_or_default().to_owned();
-    if !trusted {
+    if !peer_trusted {
         return Request {
             method: method.as_str().to_owned(),
             scheme: "http".into(),
@@ -86,7 +85,7 @@ pub fn to_request(
             source: Some(peer),
         };
     }
-    let source = Some(client_address(trusted_cidrs, peer, headers));
+    let source = Some(client_address(trusted, peer, headers));
     let forwarded_uri =
         header(headers, "x-forwarded-uri").or_else(|| header(headers, "x-original-uri"));
     let method = header(headers, "x-forwarded-method")
@@ -123,6 +122,11 @@ pub fn to_request(
     }
 }
 
+/// Is `ip` one of the trusted proxies?
+fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
 /// The client behind trusted proxies: the rightmost `X-Forwarded-For` hop that is not itself a
 /// trusted proxy (hops to its left were written by the client and prove nothing). The peer
 /// itself when there is no such hop or the header does not parse.
@@ -134,7 +138,7 @@ fn client_address(trusted: &[Cidr], peer: IpAddr, headers: &HeaderMap) -> IpAddr
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>();
     for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
-        if !trusted.iter().any(|c| c.contains(client)) {
+        if !is_trusted(trusted, client) {
             break;
         }
         let Ok(addr) = hop.trim().parse::<IpAddr>() else {
@@ -153,7 +157,7 @@ pub async fn check(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let trusted = fa.trusted.iter().any(|c| c.contains(peer.ip()));
+    let trusted = is_trusted(&fa.trusted, peer.ip());
     if !trusted && !fa.answer_untrusted_peers {
         return (
             StatusCode::FORBIDDEN,
