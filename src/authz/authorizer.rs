@@ -413,7 +413,7 @@ impl Authorizer {
                     tokio::time::sleep(grace).await;
                 }
                 match (&path_session, scope) {
-                    (Some(id), _) if *id == session.id => {
+                    (Some(id), _) if **id == *session.id => {
                         let _ = cache.invalidate_session(id).await;
                     }
                     (Some(id), _) => {
@@ -526,8 +526,8 @@ impl Authorizer {
             Err(deny) => return Decision::Deny(deny),
         };
         allow.metadata.extend([
-            ("identity_id", Arc::from(session.identity_id.as_str())),
-            ("session_id", Arc::from(session.id.as_str())),
+            ("identity_id", Arc::from(&*session.identity_id)),
+            ("session_id", Arc::from(&*session.id)),
             ("aal", Arc::from(session.aal.as_str())),
         ]);
         for name in &self.identity_headers {

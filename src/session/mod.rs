@@ -67,9 +67,9 @@ impl Aal {
 #[derive(Debug)]
 pub struct Session {
     /// Session id (`sid` claim).
-    pub id: String,
+    pub id: Box<str>,
     /// Identity id (`sub` claim).
-    pub identity_id: String,
+    pub identity_id: Box<str>,
     /// Assurance level of this session.
     pub aal: Aal,
     /// When Kratos ends the session.
@@ -306,8 +306,8 @@ impl Projection {
             authenticated_at,
             facts,
             minted: Default::default(),
-            id: id.to_owned(),
-            identity_id: identity_id.to_owned(),
+            id: id.into(),
+            identity_id: identity_id.into(),
             aal,
             expires_at,
             extra_claims: extra.into_boxed_str(),
@@ -370,10 +370,7 @@ mod tests {
                 SystemTime::now(),
             )
             .unwrap();
-        assert_eq!(
-            (s.id.as_str(), s.identity_id.as_str(), s.aal),
-            ("s-1", "i-1", Aal::Aal2)
-        );
+        assert_eq!((&*s.id, &*s.identity_id, s.aal), ("s-1", "i-1", Aal::Aal2));
         assert_eq!(&*s.extra_claims, r#""email":"a@b.c""#);
         let h: Vec<_> = s
             .identity_headers

@@ -351,8 +351,8 @@ impl Stored {
         match outcome {
             Outcome::Active(s) => Some(Stored {
                 o: 'a',
-                sid: s.id.clone(),
-                iid: s.identity_id.clone(),
+                sid: s.id.to_string(),
+                iid: s.identity_id.to_string(),
                 aal: s.aal as u8,
                 exp: unix_ms(s.expires_at),
                 claims: s.extra_claims.to_string(),
@@ -420,8 +420,8 @@ impl Stored {
                     }
                 }
                 Outcome::Active(Arc::new(Session {
-                    id: self.sid.clone(),
-                    identity_id: self.iid.clone(),
+                    id: self.sid.as_str().into(),
+                    identity_id: self.iid.as_str().into(),
                     aal,
                     expires_at: UNIX_EPOCH + Duration::from_millis(self.exp),
                     extra_claims: self.claims.clone().into_boxed_str(),
@@ -584,10 +584,7 @@ mod tests {
         let back: Stored = serde_json::from_str(&json).unwrap();
         let (o, fresh, usable) = back.decode().unwrap();
         let Outcome::Active(s) = o else { panic!() };
-        assert_eq!(
-            (s.id.as_str(), s.identity_id.as_str(), s.aal),
-            ("s", "i", Aal::Aal2)
-        );
+        assert_eq!((&*s.id, &*s.identity_id, s.aal), ("s", "i", Aal::Aal2));
         assert_eq!(&*s.extra_claims, r#""email":"a@b""#);
         assert!(fresh <= usable && usable <= Duration::from_secs(60));
         let mut bad = back.clone();

@@ -6,7 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::key::{CacheKey, unhex};
-use super::{SessionCache, Tomb, lock};
+use std::sync::Arc;
+
+use super::{Cached, SessionCache, Tomb, lock};
 use crate::credentials::Credential;
 use crate::session::tier::Invalidation;
 use crate::telemetry::KindLabel;
@@ -49,10 +51,39 @@ impl Tombs {
 
 impl SessionCache {
     pub(super) fn tombstoned(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
+        self.tombstoned_in(&lock(&self.inner.tombs), key, sid, iid, since)
+    }
+
+    /// Caches `cached` for `key` unless something it belongs to was invalidated since `since`.
+    /// The check and the insert happen under the tombstones' lock, which every invalidation
+    /// takes before it looks for entries to drop: an answer is either cached before the
+    /// invalidation looks (and dropped by it) or sees its tombstone (and is not cached).
+    pub(super) fn insert_unless_invalidated(
+        &self,
+        key: CacheKey,
+        cached: &Arc<Cached>,
+        since: Instant,
+    ) -> bool {
+        let (sid, iid) = cached.ids().unwrap_or(("", ""));
+        let tombs = lock(&self.inner.tombs);
+        if self.tombstoned_in(&tombs, &key, sid, iid, since) {
+            return false;
+        }
+        self.inner.entries.insert(key, cached.clone());
+        true
+    }
+
+    fn tombstoned_in(
+        &self,
+        tombs: &Tombs,
+        key: &CacheKey,
+        sid: &str,
+        iid: &str,
+        since: Instant,
+    ) -> bool {
         if lock(&self.inner.all_invalidated_at).is_some_and(|t| t >= since) {
             return true;
         }
-        let tombs = lock(&self.inner.tombs);
         if tombs.by_tomb.is_empty() {
             return false;
         }
@@ -75,7 +106,7 @@ impl SessionCache {
             Invalidation::Key(hex) => {
                 if let Some(key) = unhex(&hex) {
                     self.bury(Tomb::Key(key));
-                    self.inner.entries.remove(&key).await;
+                    self.inner.entries.remove(&key);
                 }
             }
             Invalidation::Session(id) => {
@@ -102,7 +133,7 @@ impl SessionCache {
     pub async fn invalidate_credential(&self, credential: &Credential) -> u64 {
         let key = self.key_for(credential);
         self.bury(Tomb::Key(key));
-        let n = u64::from(self.inner.entries.remove(&key).await.is_some());
+        let n = u64::from(self.inner.entries.remove(&key));
         self.count_invalidation("credential");
         // A failed broadcast is logged by the tier; other replicas keep the entry until its TTL.
         let _ = self
@@ -120,7 +151,7 @@ impl SessionCache {
 
     async fn invalidate_session_local(&self, session_id: &str) -> u64 {
         self.bury(Tomb::Session(session_id.into()));
-        let keys = lock(&self.inner.index).session(session_id);
+        let keys = self.inner.entries.session_keys(session_id);
         self.count_invalidation("session");
         self.remove_keys(keys).await
     }
@@ -129,10 +160,10 @@ impl SessionCache {
     /// for `identity_id` (a caller ending a session it owns); otherwise nothing. Returns the
     /// entries dropped here.
     pub async fn invalidate_session_of_identity(&self, session_id: &str, identity_id: &str) -> u64 {
-        let keys = lock(&self.inner.index).session(session_id);
+        let keys = self.inner.entries.session_keys(session_id);
         let mut owned = false;
         for k in keys {
-            if let Some(e) = self.inner.entries.get(&k).await
+            if let Some(e) = self.inner.entries.get(&k)
                 && e.ids()
                     .is_some_and(|(sid, iid)| sid == session_id && iid == identity_id)
             {
@@ -157,7 +188,7 @@ impl SessionCache {
 
     async fn invalidate_identity_local(&self, identity_id: &str) -> u64 {
         self.bury(Tomb::Identity(identity_id.into()));
-        let keys = lock(&self.inner.index).identity(identity_id);
+        let keys = self.inner.entries.identity_keys(identity_id);
         self.count_invalidation("identity");
         self.remove_keys(keys).await
     }
@@ -175,11 +206,14 @@ impl SessionCache {
     }
 
     async fn invalidate_all_local(&self) -> u64 {
-        *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
-        self.inner.entries.run_pending_tasks().await;
-        let n = self.inner.entries.entry_count();
-        self.inner.entries.invalidate_all();
-        self.inner.entries.run_pending_tasks().await;
+        {
+            // Under the tombstones' lock, like every insert's check (see
+            // `insert_unless_invalidated`): an answer is either cached before this point (and
+            // cleared below) or sees it.
+            let _tombs = lock(&self.inner.tombs);
+            *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
+        }
+        let n = self.inner.entries.clear();
         self.count_invalidation("all");
         n
     }
@@ -187,7 +221,7 @@ impl SessionCache {
     async fn remove_keys(&self, keys: Vec<CacheKey>) -> u64 {
         let mut n = 0;
         for k in keys {
-            if self.inner.entries.remove(&k).await.is_some() {
+            if self.inner.entries.remove(&k) {
                 n += 1;
             }
         }

@@ -22,9 +22,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use moka::Expiry;
-use moka::future::Cache;
-use moka::notification::RemovalCause;
 use tracing::Instrument;
 
 use super::admission::Lane;
@@ -32,54 +29,74 @@ use super::tier::{SharedTier, Stored};
 use super::{Answer, LookupContext, Outcome, SessionSource, UpstreamError};
 use crate::config::CacheConfig;
 use crate::credentials::Credential;
-use crate::telemetry::{KindLabel, Metrics};
+use crate::telemetry::Metrics;
 
 mod index;
 mod invalidate;
+mod store;
 pub use invalidate::BroadcastFailed;
 pub mod key;
 
-use index::Index;
 use key::{CacheKey, KeyHasher};
+use store::Store;
 
-/// What a session's kept token weighs (the token itself is minted after the entry is weighed).
-const MINTED_WEIGHT: usize = 640;
+/// What a session's kept token weighs (the token itself is minted after the entry is weighed):
+/// its record and an ES256/EdDSA signature (an RSA signature adds 192–448 bytes).
+const MINTED_WEIGHT: usize = 160;
 
 /// What the cache stores for one credential.
 #[derive(Debug)]
 struct Cached {
     outcome: Outcome,
     stored_at: Instant,
-    fresh_until: Instant,
-    usable_until: Instant,
-    keep_until: Instant,
+    /// Fresh, usable and kept for this long after `stored_at`, in milliseconds (so an entry
+    /// costs 12 bytes of times, not 48; windows beyond 49 days are cut to that).
+    fresh_ms: u32,
+    usable_ms: u32,
+    keep_ms: u32,
     weight: u32,
 }
 
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
 impl Cached {
+    fn new(
+        outcome: Outcome,
+        now: Instant,
+        fresh: Duration,
+        usable: Duration,
+        keep: Duration,
+        weight: usize,
+    ) -> Cached {
+        Cached {
+            outcome,
+            stored_at: now,
+            fresh_ms: millis(fresh),
+            usable_ms: millis(usable),
+            keep_ms: millis(keep),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn fresh_until(&self) -> Instant {
+        self.stored_at + Duration::from_millis(self.fresh_ms.into())
+    }
+
+    fn usable_until(&self) -> Instant {
+        self.stored_at + Duration::from_millis(self.usable_ms.into())
+    }
+
+    fn keep_until(&self) -> Instant {
+        self.stored_at + Duration::from_millis(self.keep_ms.into())
+    }
+
     fn ids(&self) -> Option<(&str, &str)> {
         match &self.outcome {
             Outcome::Active(s) => Some((&s.id, &s.identity_id)),
             _ => None,
         }
-    }
-}
-
-struct KeepUntil;
-
-impl Expiry<CacheKey, Arc<Cached>> for KeepUntil {
-    fn expire_after_create(&self, _: &CacheKey, v: &Arc<Cached>, now: Instant) -> Option<Duration> {
-        Some(v.keep_until.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &CacheKey,
-        v: &Arc<Cached>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.keep_until.saturating_duration_since(now))
     }
 }
 
@@ -130,7 +147,7 @@ pub struct CacheStats {
 }
 
 struct Inner {
-    entries: Cache<CacheKey, Arc<Cached>>,
+    entries: Arc<Store>,
     source: Arc<dyn SessionSource>,
     metrics: Arc<Metrics>,
     keys: KeyHasher,
@@ -142,7 +159,6 @@ struct Inner {
     tomb_ttl: Duration,
     inflight: Mutex<HashMap<CacheKey, Flight>>,
     next_flight: std::sync::atomic::AtomicU64,
-    index: Arc<Mutex<Index>>,
     tombs: Mutex<invalidate::Tombs>,
     all_invalidated_at: Mutex<Option<Instant>>,
     tier: Option<Arc<dyn SharedTier>>,
@@ -161,7 +177,7 @@ pub struct SessionCache {
 impl std::fmt::Debug for SessionCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionCache")
-            .field("entries", &self.inner.entries.entry_count())
+            .field("entries", &self.inner.entries.len())
             .field("ttl", &self.inner.ttl)
             .finish_non_exhaustive()
     }
@@ -191,29 +207,7 @@ impl SessionCache {
         max_fetch: Duration,
         shared: Option<(Arc<dyn SharedTier>, Duration)>,
     ) -> SessionCache {
-        let index: Arc<Mutex<Index>> = Arc::default();
-        let listener_index = index.clone();
-        let listener_metrics = metrics.clone();
-        let entries = Cache::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(|_, v: &Arc<Cached>| v.weight)
-            .expire_after(KeepUntil)
-            .eviction_listener(move |key: Arc<CacheKey>, value: Arc<Cached>, cause| {
-                let kind = match cause {
-                    RemovalCause::Expired => "expired",
-                    RemovalCause::Size => "size",
-                    RemovalCause::Explicit => "explicit",
-                    RemovalCause::Replaced => return,
-                };
-                listener_metrics
-                    .cache_evictions
-                    .get_or_create(&KindLabel { kind })
-                    .inc();
-                if let Some((sid, iid)) = value.ids() {
-                    lock(&listener_index).remove(&key, sid, iid);
-                }
-            })
-            .build();
+        let entries = Arc::new(Store::new(config.max_bytes, metrics.clone()));
         SessionCache {
             inner: Arc::new(Inner {
                 entries,
@@ -228,7 +222,6 @@ impl SessionCache {
                 tomb_ttl: max_fetch + Duration::from_secs(1),
                 inflight: Mutex::default(),
                 next_flight: Default::default(),
-                index,
                 tombs: Mutex::default(),
                 all_invalidated_at: Mutex::default(),
                 degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
@@ -265,18 +258,18 @@ impl SessionCache {
         // known-sessions lane, and while whoami is saturated it may still answer (see
         // `stale_while_overloaded`).
         let mut known = None;
-        if let Some(hit) = inner.entries.get(&key).await {
+        if let Some(hit) = inner.entries.get(&key) {
             let usable_until = if self.degraded() {
-                hit.usable_until.min(hit.stored_at + inner.degraded_ttl)
+                hit.usable_until().min(hit.stored_at + inner.degraded_ttl)
             } else {
-                hit.usable_until
+                hit.usable_until()
             };
             let young_enough = freshness.max_age.is_none_or(|m| {
                 arrival.saturating_duration_since(hit.stored_at) <= m && !m.is_zero()
             });
             if arrival < usable_until && young_enough {
                 match &hit.outcome {
-                    Outcome::Active(_) if arrival >= hit.fresh_until => {
+                    Outcome::Active(_) if arrival >= hit.fresh_until() => {
                         inner.metrics.cache_lookup("stale");
                         // A refresh must reach Kratos: an answer newer than this entry, never
                         // the shared tier's copy of it.
@@ -341,7 +334,7 @@ impl SessionCache {
             Err(Uncached::Upstream(e)) => {
                 if !inner.stale_if_error.is_zero()
                     && matches!(e, UpstreamError::Unavailable(_))
-                    && let Some(old) = inner.entries.get(&key).await
+                    && let Some(old) = inner.entries.get(&key)
                     && self.servable_past_ttl(&key, &old, inner.stale_if_error)
                 {
                     inner.metrics.cache_stale_if_error.inc();
@@ -440,12 +433,7 @@ impl SessionCache {
                     _ => usable.min(inner.negative_ttl),
                 };
                 let cached = self.cached(outcome, fresh, usable);
-                let (sid, iid) = cached.ids().unwrap_or(("", ""));
-                if !self.tombstoned(&key, sid, iid, started) {
-                    if let Some((sid, iid)) = cached.ids() {
-                        lock(&inner.index).add(key, sid, iid);
-                    }
-                    inner.entries.insert(key, cached.clone()).await;
+                if self.insert_unless_invalidated(key, &cached, started) {
                     inner.metrics.cache_lookup("shared");
                     return Ok(cached);
                 }
@@ -461,26 +449,21 @@ impl SessionCache {
                 Ok(c) => c,
                 Err(step_up) => {
                     // Whatever we held for this credential is outdated.
-                    inner.entries.invalidate(&key).await;
+                    inner.entries.remove(&key);
                     return Err(step_up);
                 }
             };
-            let (sid, iid) = cached.ids().unwrap_or(("", ""));
-            if self.tombstoned(&key, sid, iid, started) {
+            if !self.insert_unless_invalidated(key, &cached, started) {
                 // Invalidated while Kratos was answering: the answer may predate the revocation.
                 if attempt == 0 {
                     continue;
                 }
                 return Ok(cached);
             }
-            if let Some((sid, iid)) = cached.ids() {
-                lock(&inner.index).add(key, sid, iid);
-            }
-            inner.entries.insert(key, cached.clone()).await;
             if let Some(tier) = inner.tier.as_ref().filter(|t| t.healthy()) {
                 let now = Instant::now();
-                let fresh = cached.fresh_until.saturating_duration_since(now);
-                let usable = cached.usable_until.saturating_duration_since(now);
+                let fresh = cached.fresh_until().saturating_duration_since(now);
+                let usable = cached.usable_until().saturating_duration_since(now);
                 if let Some(stored) = Stored::new(&cached.outcome, fresh, usable) {
                     tier.clone().put(key, stored, usable);
                 }
@@ -496,9 +479,9 @@ impl SessionCache {
         let Outcome::Active(s) = &hit.outcome else {
             return false;
         };
-        Instant::now() < hit.usable_until + window
+        Instant::now() < hit.usable_until() + window
             && s.expires_at > SystemTime::now()
-            && !self.tombstoned(key, s.id.as_str(), s.identity_id.as_str(), hit.stored_at)
+            && !self.tombstoned(key, &s.id, &s.identity_id, hit.stored_at)
     }
 
     /// ...while whoami is saturated: also never while invalidations may be missed (degraded).
@@ -549,33 +532,26 @@ impl SessionCache {
                 let keep = (usable + inner.stale_if_error.max(inner.stale_while_overloaded))
                     .min(s.remaining(SystemTime::now()));
                 // The session, the entry's own overhead, and the default-audience token the
-                // session keeps once minted (`Bearer ` + an ES256/EdDSA JWT with a few claims).
+                // session keeps once minted (times, `jti` and signature; the JWT is rebuilt).
                 let weight = s.weight() + 256 + MINTED_WEIGHT;
                 (keep, weight)
             }
             _ => (usable, 160),
         };
-        Arc::new(Cached {
-            outcome,
-            stored_at: now,
-            fresh_until: now + fresh,
-            usable_until: now + usable,
-            keep_until: now + keep,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-        })
+        Arc::new(Cached::new(outcome, now, fresh, usable, keep, weight))
     }
 
-    /// Entries and weighted size (approximate: pending maintenance is not counted).
+    /// Entries and weighted size (expired entries count until swept or looked up).
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            entries: self.inner.entries.entry_count(),
-            weighted_bytes: self.inner.entries.weighted_size(),
+            entries: self.inner.entries.len(),
+            weighted_bytes: self.inner.entries.weight(),
         }
     }
 
-    /// Runs pending maintenance (expiry, eviction) now; tests use it for exact counts.
+    /// Drops expired entries now (otherwise every few seconds); tests use it for exact counts.
     pub async fn run_pending_tasks(&self) {
-        self.inner.entries.run_pending_tasks().await;
+        self.inner.entries.sweep();
     }
 }
 
