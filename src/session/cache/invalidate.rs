@@ -25,9 +25,11 @@ pub struct BroadcastFailed {
 }
 
 /// Recent invalidations, in the order they happened: burying one is O(1) amortised (expired
-/// tombstones leave from the front), however many there are.
+/// tombstones leave from the front), however many there are. With them, under the same lock,
+/// when everything was last invalidated.
 #[derive(Debug, Default)]
 pub(super) struct Tombs {
+    all_invalidated_at: Option<Instant>,
     by_tomb: HashMap<Tomb, Instant>,
     order: VecDeque<(Instant, Tomb)>,
 }
@@ -47,11 +49,28 @@ impl Tombs {
         self.by_tomb.insert(tomb.clone(), now);
         self.order.push_back((now, tomb));
     }
+
+    /// Was the key, its session or its identity (or everything) invalidated at or after `since`?
+    fn cover(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
+        if self.all_invalidated_at.is_some_and(|t| t >= since) {
+            return true;
+        }
+        if self.by_tomb.is_empty() {
+            return false;
+        }
+        [
+            Tomb::Key(*key),
+            Tomb::Session(sid.into()),
+            Tomb::Identity(iid.into()),
+        ]
+        .iter()
+        .any(|t| self.by_tomb.get(t).is_some_and(|at| *at >= since))
+    }
 }
 
 impl SessionCache {
     pub(super) fn tombstoned(&self, key: &CacheKey, sid: &str, iid: &str, since: Instant) -> bool {
-        self.tombstoned_in(&lock(&self.inner.tombs), key, sid, iid, since)
+        lock(&self.inner.tombs).cover(key, sid, iid, since)
     }
 
     /// Caches `cached` for `key` unless something it belongs to was invalidated since `since`.
@@ -66,34 +85,11 @@ impl SessionCache {
     ) -> bool {
         let (sid, iid) = cached.ids().unwrap_or(("", ""));
         let tombs = lock(&self.inner.tombs);
-        if self.tombstoned_in(&tombs, &key, sid, iid, since) {
+        if tombs.cover(&key, sid, iid, since) {
             return false;
         }
         self.inner.entries.insert(key, cached.clone());
         true
-    }
-
-    fn tombstoned_in(
-        &self,
-        tombs: &Tombs,
-        key: &CacheKey,
-        sid: &str,
-        iid: &str,
-        since: Instant,
-    ) -> bool {
-        if lock(&self.inner.all_invalidated_at).is_some_and(|t| t >= since) {
-            return true;
-        }
-        if tombs.by_tomb.is_empty() {
-            return false;
-        }
-        [
-            Tomb::Key(*key),
-            Tomb::Session(sid.into()),
-            Tomb::Identity(iid.into()),
-        ]
-        .iter()
-        .any(|t| tombs.by_tomb.get(t).is_some_and(|at| *at >= since))
     }
 
     pub(super) fn bury(&self, tomb: Tomb) {
@@ -206,13 +202,9 @@ impl SessionCache {
     }
 
     async fn invalidate_all_local(&self) -> u64 {
-        {
-            // Under the tombstones' lock, like every insert's check (see
-            // `insert_unless_invalidated`): an answer is either cached before this point (and
-            // cleared below) or sees it.
-            let _tombs = lock(&self.inner.tombs);
-            *lock(&self.inner.all_invalidated_at) = Some(Instant::now());
-        }
+        // Under the tombstones' lock, like every insert's check (see `insert_unless_invalidated`):
+        // an answer is either cached before this point (and cleared below) or sees it.
+        lock(&self.inner.tombs).all_invalidated_at = Some(Instant::now());
         let n = self.inner.entries.clear();
         self.count_invalidation("all");
         n

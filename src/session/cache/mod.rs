@@ -160,7 +160,6 @@ struct Inner {
     inflight: Mutex<HashMap<CacheKey, Flight>>,
     next_flight: std::sync::atomic::AtomicU64,
     tombs: Mutex<invalidate::Tombs>,
-    all_invalidated_at: Mutex<Option<Instant>>,
     tier: Option<Arc<dyn SharedTier>>,
     degraded_ttl: Duration,
     /// Where upstream calls run (whoami I/O, answer parsing, shared-tier reads), so that cache
@@ -207,7 +206,7 @@ impl SessionCache {
         max_fetch: Duration,
         shared: Option<(Arc<dyn SharedTier>, Duration)>,
     ) -> SessionCache {
-        let entries = Arc::new(Store::new(config.max_bytes, metrics.clone()));
+        let entries = Arc::new(Store::new(config.max_bytes, &metrics));
         SessionCache {
             inner: Arc::new(Inner {
                 entries,
@@ -223,7 +222,6 @@ impl SessionCache {
                 inflight: Mutex::default(),
                 next_flight: Default::default(),
                 tombs: Mutex::default(),
-                all_invalidated_at: Mutex::default(),
                 degraded_ttl: shared.as_ref().map_or(Duration::MAX, |(_, d)| *d),
                 tier: shared.map(|(tier, _)| tier),
                 executor: None,

@@ -23,6 +23,7 @@ use super::index::Index;
 use super::key::CacheKey;
 use super::{Cached, lock};
 use crate::telemetry::{KindLabel, Metrics};
+use prometheus_client::metrics::counter::Counter;
 
 /// How often expired entries are swept out of the map (lookups also drop the ones they meet).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -58,13 +59,36 @@ type Map = Cache<CacheKey, Arc<Cached>, Weight, std::collections::hash_map::Rand
 pub(super) struct Store {
     map: Map,
     index: Mutex<Index>,
-    metrics: Arc<Metrics>,
+    evictions: Evictions,
     next_sweep: Mutex<Instant>,
+}
+
+/// `sessiongate_cache_evictions_total` by kind, resolved once (not a family lookup per insert).
+struct Evictions {
+    size: Counter,
+    expired: Counter,
+    explicit: Counter,
+}
+
+impl Evictions {
+    fn new(metrics: &Metrics) -> Evictions {
+        let kind = |kind| {
+            metrics
+                .cache_evictions
+                .get_or_create(&KindLabel { kind })
+                .clone()
+        };
+        Evictions {
+            size: kind("size"),
+            expired: kind("expired"),
+            explicit: kind("explicit"),
+        }
+    }
 }
 
 impl Store {
     /// A store holding up to `max_bytes` of weighted entries.
-    pub(super) fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Store {
+    pub(super) fn new(max_bytes: u64, metrics: &Metrics) -> Store {
         let estimated_items = usize::try_from(max_bytes / 1024)
             .unwrap_or(usize::MAX)
             .clamp(64, 1 << 20);
@@ -76,7 +100,7 @@ impl Store {
         Store {
             map: Cache::with_options(options, Weight, Default::default(), Collect),
             index: Mutex::default(),
-            metrics,
+            evictions: Evictions::new(metrics),
             next_sweep: Mutex::new(Instant::now() + SWEEP_EVERY),
         }
     }
@@ -88,7 +112,7 @@ impl Store {
             return Some(hit);
         }
         if let Some((k, v)) = self.map.remove_if(key, |v| Arc::ptr_eq(v, &hit)) {
-            self.forget(&mut lock(&self.index), [(k, v)], "expired");
+            self.forget(&mut lock(&self.index), [(k, v)], &self.evictions.expired);
         }
         None
     }
@@ -105,7 +129,7 @@ impl Store {
             if let Some(old) = old {
                 self.unindex(&mut index, &key, &old);
             }
-            self.forget(&mut index, evicted, "size");
+            self.forget(&mut index, evicted, &self.evictions.size);
         }
         self.maybe_sweep();
     }
@@ -114,7 +138,7 @@ impl Store {
     pub(super) fn remove(&self, key: &CacheKey) -> bool {
         match self.map.remove(key) {
             Some(removed) => {
-                self.forget(&mut lock(&self.index), [removed], "explicit");
+                self.forget(&mut lock(&self.index), [removed], &self.evictions.explicit);
                 true
             }
             None => false,
@@ -135,7 +159,7 @@ impl Store {
     pub(super) fn clear(&self) -> u64 {
         let drained: Vec<_> = self.map.drain().collect();
         let n = drained.len() as u64;
-        self.forget(&mut lock(&self.index), drained, "explicit");
+        self.forget(&mut lock(&self.index), drained, &self.evictions.explicit);
         n
     }
 
@@ -160,7 +184,11 @@ impl Store {
             }
             keep
         });
-        self.forget(&mut lock(&self.index), expired.into_inner(), "expired");
+        self.forget(
+            &mut lock(&self.index),
+            expired.into_inner(),
+            &self.evictions.expired,
+        );
     }
 
     /// Sweeps when it is time (at most every [`SWEEP_EVERY`]), on the blocking pool when there
@@ -188,13 +216,8 @@ impl Store {
         &self,
         index: &mut Index,
         gone: impl IntoIterator<Item = (CacheKey, Arc<Cached>)>,
-        kind: &'static str,
+        counter: &Counter,
     ) {
-        let counter = self
-            .metrics
-            .cache_evictions
-            .get_or_create(&KindLabel { kind })
-            .clone();
         for (key, value) in gone {
             counter.inc();
             self.unindex(index, &key, &value);
@@ -249,7 +272,7 @@ mod tests {
     }
 
     fn store(max_bytes: u64) -> Arc<Store> {
-        Arc::new(Store::new(max_bytes, Metrics::new()))
+        Arc::new(Store::new(max_bytes, &Metrics::new()))
     }
 
     #[test]
@@ -261,7 +284,7 @@ mod tests {
         // The same session cached anew, then the old copy's removal processed late (as an
         // eviction noticed after the re-insert would be).
         s.insert(k, entry("s1", "i1", Duration::from_secs(60)));
-        s.forget(&mut lock(&s.index), [(k, old)], "size");
+        s.forget(&mut lock(&s.index), [(k, old)], &s.evictions.size);
         assert_eq!(s.session_keys("s1"), vec![k]);
         assert_eq!(s.identity_keys("i1"), vec![k]);
         // Removing it for real unindexes it.
@@ -291,12 +314,7 @@ mod tests {
         s.sweep();
         assert_eq!(s.len(), 0);
         assert!(s.identity_keys("i").is_empty());
-        let expired = s
-            .metrics
-            .cache_evictions
-            .get_or_create(&KindLabel { kind: "expired" })
-            .get();
-        assert_eq!(expired, 2);
+        assert_eq!(s.evictions.expired.get(), 2);
     }
 
     #[test]
