@@ -25,10 +25,16 @@ struct Minted {
     audience: Option<Arc<str>>,
     /// The signer generation that signed it (its key and header).
     generation: u64,
+    stamp: Stamp,
+    signature: Signature,
+}
+
+/// What a minting adds to the principal's claims: its times and its id.
+#[derive(Clone, Copy)]
+struct Stamp {
     iat: u64,
     exp: u64,
     jti: [u8; 16],
-    signature: Signature,
 }
 
 /// A signature: inline up to 64 bytes (ES256, EdDSA: no allocation of its own), boxed beyond
@@ -64,7 +70,7 @@ impl std::fmt::Debug for Minted {
         f.debug_struct("Minted")
             .field("audience", &self.audience)
             .field("signature", &"<redacted>")
-            .field("exp", &self.exp)
+            .field("exp", &self.stamp.exp)
             .finish_non_exhaustive()
     }
 }
@@ -268,10 +274,10 @@ impl Minter {
                 .filter(|t| t.audience.as_deref() == audience),
         };
         if let Some(t) = held {
-            let lifetime = t.exp.saturating_sub(t.iat);
-            if t.generation == signer.generation && t.exp > now_s && (t.exp - now_s) * 10 > lifetime
-            {
-                let mut value = self.signing_input(&signer, principal, audience, &t);
+            let Stamp { iat, exp, .. } = t.stamp;
+            let lifetime = exp.saturating_sub(iat);
+            if t.generation == signer.generation && exp > now_s && (exp - now_s) * 10 > lifetime {
+                let mut value = self.signing_input(&signer, principal, audience, t.stamp);
                 push_signature(&mut value, t.signature.as_slice());
                 return Ok(value.into());
             }
@@ -285,23 +291,24 @@ impl Minter {
         if exp <= now_s {
             return Err(MintError::SessionEnded);
         }
-        let mut minted = Minted {
-            audience: audience.map(Into::into),
-            generation: signer.generation,
+        let stamp = Stamp {
             iat: now_s,
             exp,
             jti: *uuid::Uuid::new_v4().as_bytes(),
-            signature: Signature::Inline(0, [0; 64]),
         };
-        let mut value = self.signing_input(&signer, principal, audience, &minted);
+        let mut value = self.signing_input(&signer, principal, audience, stamp);
         let signature = signer
             .keys
             .signing
             .sign(&value.as_bytes()[BEARER.len()..])?;
         self.metrics.jwt_mints.inc();
         push_signature(&mut value, &signature);
-        minted.signature = Signature::new(signature);
-        let minted = Arc::new(minted);
+        let minted = Arc::new(Minted {
+            audience: audience.map(Into::into),
+            generation: signer.generation,
+            stamp,
+            signature: Signature::new(signature),
+        });
         match slot {
             Some(slot) => slot.0.store(Some(minted)),
             None => self.tokens.insert(key, minted),
@@ -317,7 +324,7 @@ impl Minter {
         signer: &Signer,
         principal: &Principal<'_>,
         audience: Option<&str>,
-        t: &Minted,
+        t: Stamp,
     ) -> String {
         use std::fmt::Write as _;
         let mut claims = String::with_capacity(320 + principal.extra_claims.len());
