@@ -119,17 +119,20 @@ impl Store {
 
     /// Caches `value` under `key` (replacing what was there) and indexes it.
     pub(super) fn insert(self: &Arc<Self>, key: CacheKey, value: Arc<Cached>) {
-        let old = self.map.peek(&key);
-        let evicted = self.map.insert_with_lifecycle(key, value.clone());
+        let gone = self.map.insert_with_lifecycle(key, value.clone());
         {
             let mut index = lock(&self.index);
             if let Some((sid, iid)) = value.ids() {
                 index.add(key, sid, iid);
             }
-            if let Some(old) = old {
-                self.unindex(&mut index, &key, &old);
+            for (k, v) in gone {
+                if k == key && !Arc::ptr_eq(&v, &value) {
+                    // The value this insert replaced: unindexed, but not an eviction.
+                    self.unindex(&mut index, &k, &v);
+                } else {
+                    self.forget(&mut index, [(k, v)], &self.evictions.size);
+                }
             }
-            self.forget(&mut index, evicted, &self.evictions.size);
         }
         self.maybe_sweep();
     }
@@ -303,6 +306,19 @@ mod tests {
     }
 
     #[test]
+    fn replacing_an_entry_is_not_an_eviction() {
+        // quick_cache hands a replaced value to the lifecycle like an evicted one; a refresh
+        // must not show up in `sessiongate_cache_evictions_total{kind="size"}`.
+        let s = store(1 << 20);
+        let k = [3u8; 32];
+        for _ in 0..3 {
+            s.insert(k, entry("s1", "i1", Duration::from_secs(60)));
+        }
+        assert_eq!(s.evictions.size.get(), 0);
+        assert_eq!(s.session_keys("s1"), vec![k]);
+    }
+
+    #[test]
     fn expired_entries_are_dropped_and_unindexed_by_lookup_and_sweep() {
         let s = store(1 << 20);
         let (a, b) = ([1u8; 32], [2u8; 32]);
@@ -327,6 +343,7 @@ mod tests {
         }
         assert!(s.weight() <= 200 * 1000, "{}", s.weight());
         assert!(s.len() <= 200 && s.len() > 10, "{}", s.len());
+        assert_eq!(s.evictions.size.get(), 2000 - s.len(), "every entry not held was evicted");
         assert_eq!(
             s.identity_keys("same").len() as u64,
             s.len(),
