@@ -170,7 +170,7 @@ async fn a_spray_of_unknown_cookies_never_costs_known_users_their_answer() {
         "no known-lane admission"
     );
     let mut first_shed = 0.0;
-    for result in ["timeout", "shed", "pushed_out"] {
+    for result in ["timeout", "shed", "pushed_out", "backlog"] {
         first_shed += metric(
             &gate,
             "whoami_admissions_total",

@@ -14,11 +14,23 @@
 //! of the longest queue (longest-queue drop), so memory stays bounded and the flooding source
 //! pays for the flood. Everything here is O(sources with waiters) at worst, under one mutex held
 //! for a few instructions.
+//!
+//! **Hopeless first lookups are shed at once** (`backlog`). The controller keeps a moving
+//! average of how long a slot is held (one whoami call). A first lookup that would queue behind
+//! more waiters than the shared slots can serve within `queue_timeout` would only wait out its
+//! timeout and be shed then (having held a timer, a task and the client's connection for it), so
+//! it is answered 503 now. Its place in line follows the round-robin: the known waiters, its own
+//! source's waiters, and one turn of every other source with waiters per waiter of its own. A
+//! newcomer from a quiet source is therefore almost never shed this way; the flooding source's
+//! surplus always is. Until a call has completed there is no average, and nothing is shed early.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
@@ -84,6 +96,8 @@ pub enum Shed {
     Timeout,
     /// The queue was full (or this waiter was pushed out of it).
     QueueFull,
+    /// More waiters were ahead than the slots can serve within `queue_timeout`.
+    Backlog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +119,7 @@ struct State {
     first: HashMap<SourceKey, VecDeque<Waiter>>,
     /// Sources with first-lane waiters, in round-robin order (each at most once).
     ring: VecDeque<SourceKey>,
+    /// Waiters in both lanes.
     waiting: usize,
     next_id: u64,
 }
@@ -117,6 +132,8 @@ pub struct Admission {
     /// Per lane (`Lane as usize`): calls in flight, lookups waiting. Resolved once.
     in_flight: [Gauge; 2],
     waiting: [Gauge; 2],
+    /// Moving average of how long a slot is held, in µs (0: no call has completed yet).
+    hold_us: AtomicU64,
 }
 
 impl std::fmt::Debug for Admission {
@@ -132,6 +149,7 @@ pub struct Permit {
     admission: Arc<Admission>,
     slot: Option<Slot>,
     lane: Lane,
+    acquired: Instant,
 }
 
 impl std::fmt::Debug for Permit {
@@ -143,6 +161,7 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
+            self.admission.held(self.acquired.elapsed());
             self.admission.metrics.whoami_in_flight.dec();
             self.admission.lane_in_flight(self.lane).dec();
             self.admission.release(slot);
@@ -211,6 +230,17 @@ impl State {
         Some((waiter, source))
     }
 
+    /// How many waiters a first lookup from `source` would have ahead of it if it queued now:
+    /// the known lane (served first), its source's queue, and per waiter of its own one turn
+    /// of each other source with waiters (round-robin), at most all of theirs.
+    fn ahead_of_first(&self, source: SourceKey) -> usize {
+        let mine = self.first.get(&source).map_or(0, VecDeque::len);
+        let first_waiting = self.waiting - self.known.len();
+        let other_sources = self.ring.len() - usize::from(mine > 0);
+        let others = (first_waiting - mine).min((mine + 1).saturating_mul(other_sources));
+        self.known.len() + mine + others
+    }
+
     /// The source with the most first-lane waiters and how many.
     fn longest(&self) -> Option<(SourceKey, usize)> {
         self.first
@@ -249,7 +279,48 @@ impl Admission {
             in_flight: per_lane(&metrics.whoami_lane_in_flight),
             waiting: per_lane(&metrics.whoami_waiting),
             metrics,
+            hold_us: AtomicU64::new(0),
         })
+    }
+
+    /// Folds a slot's hold time into the moving average (weight 1/8).
+    fn held(&self, hold: Duration) {
+        let sample = u64::try_from(hold.as_micros()).unwrap_or(u64::MAX).max(1);
+        // Racing updates may lose a sample; the average stays an average.
+        let old = self.hold_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.hold_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Would a first lookup from `source`, queued now, be behind more waiters than the shared
+    /// slots can serve within `queue_timeout`? (Never before a call has completed.)
+    fn hopeless(&self, st: &State, source: SourceKey) -> bool {
+        let hold = self.hold_us.load(Ordering::Relaxed);
+        if hold == 0 {
+            return false;
+        }
+        let shared = (self.limits.max_concurrency - self.limits.reserved) as u128;
+        let servable = shared * self.limits.queue_timeout.as_micros() / u128::from(hold);
+        st.ahead_of_first(source) as u128 >= servable
+    }
+
+    /// Sheds a first lookup from `source` that could only wait out `queue_timeout` (see the
+    /// module docs), counting it; false when it may queue or has a slot free. For the caller to
+    /// ask before it spends anything on the lookup; [`Admission::admit`] applies the same rule.
+    pub fn shed_hopeless(&self, source: SourceKey) -> bool {
+        let hopeless = {
+            let st = lock(&self.state);
+            !(st.free_shared > 0 && st.ring.is_empty()) && self.hopeless(&st, source)
+        };
+        if hopeless {
+            self.count(Lane::First, "backlog");
+            self.metrics.whoami_shed.inc();
+        }
+        hopeless
     }
 
     fn count(&self, lane: Lane, result: &'static str) {
@@ -277,6 +348,7 @@ impl Admission {
             admission: self.clone(),
             slot: Some(slot),
             lane,
+            acquired: Instant::now(),
         }
     }
 
@@ -305,6 +377,12 @@ impl Admission {
                 drop(st);
                 self.count(lane, "admitted");
                 return Ok(self.permit(slot, lane));
+            }
+            if lane == Lane::First && self.hopeless(&st, source) {
+                drop(st);
+                self.count(lane, "backlog");
+                self.metrics.whoami_shed.inc();
+                return Err(Shed::Backlog);
             }
             let mut pushed_out = None;
             if st.waiting >= self.limits.max_waiting {
@@ -393,7 +471,7 @@ impl Admission {
                 self.count(lane, "timeout");
                 self.metrics.whoami_shed.inc();
             }
-            Err(Shed::QueueFull) => {
+            Err(Shed::QueueFull | Shed::Backlog) => {
                 self.metrics.whoami_shed.inc();
             }
         }
@@ -606,6 +684,111 @@ mod tests {
         drop(held);
         assert_eq!(free(&a), (1, 0, 0));
         assert_eq!(a.metrics.whoami_in_flight.get(), 0);
+    }
+
+    fn backlog_count(a: &Admission) -> u64 {
+        a.metrics
+            .whoami_admissions
+            .get_or_create(&AdmissionLabels {
+                lane: "first",
+                result: "backlog",
+            })
+            .get()
+    }
+
+    /// Queues a first lookup from `source` in the background; returns its task.
+    async fn queue(
+        a: &Arc<Admission>,
+        source: SourceKey,
+    ) -> tokio::task::JoinHandle<Result<(), Shed>> {
+        let task = tokio::spawn({
+            let a = a.clone();
+            async move { a.admit(Lane::First, source).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        task
+    }
+
+    #[tokio::test]
+    async fn first_lookups_that_could_only_time_out_are_shed_at_once() {
+        let a = Admission::new(
+            AdmissionLimits {
+                max_concurrency: 2,
+                reserved: 0,
+                queue_timeout: Duration::from_secs(10),
+                max_waiting: 64,
+            },
+            Metrics::new(),
+        );
+        let held = [
+            a.admit(Lane::First, src(1)).await.unwrap(),
+            a.admit(Lane::First, src(1)).await.unwrap(),
+        ];
+        // No call has completed yet: no estimate, so no early shedding.
+        assert!(!a.shed_hopeless(src(1)));
+        // Calls take 5 s: two slots serve 4 waiters within the 10 s queue timeout.
+        a.held(Duration::from_secs(5));
+        let mut waiters = vec![];
+        for _ in 0..4 {
+            waiters.push(queue(&a, src(1)).await);
+        }
+        assert_eq!(free(&a), (0, 0, 4));
+        // The fifth from the same source could only wait out its timeout: shed now.
+        assert_eq!(
+            a.admit(Lane::First, src(1)).await.map(drop),
+            Err(Shed::Backlog)
+        );
+        assert!(a.shed_hopeless(src(1)));
+        assert_eq!(backlog_count(&a), 2);
+        assert_eq!(free(&a).2, 4, "shed ones never queued");
+        // Another source is one round-robin turn from a slot: it queues.
+        assert!(!a.shed_hopeless(src(2)));
+        waiters.push(queue(&a, src(2)).await);
+        assert_eq!(free(&a).2, 5);
+        // Known sessions are never shed for the first lane's backlog.
+        let known = tokio::spawn({
+            let a = a.clone();
+            async move { a.admit(Lane::Known, src(3)).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(free(&a).2, 6);
+        drop(held);
+        known.await.unwrap().unwrap();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(free(&a), (2, 0, 0));
+        assert_eq!(backlog_count(&a), 2);
+    }
+
+    #[tokio::test]
+    async fn the_round_robin_place_decides_who_is_hopeless() {
+        // 1 slot, calls of 1 s, 3 s queue timeout: 3 waiters can be served in time.
+        let a = Admission::new(
+            AdmissionLimits {
+                max_concurrency: 1,
+                reserved: 0,
+                queue_timeout: Duration::from_secs(3),
+                max_waiting: 64,
+            },
+            Metrics::new(),
+        );
+        let held = a.admit(Lane::First, src(1)).await.unwrap();
+        a.held(Duration::from_secs(1));
+        let mut waiters = vec![queue(&a, src(1)).await, queue(&a, src(1)).await];
+        // Source 2's first waiter is behind one turn of source 1: second in line.
+        assert!(!a.shed_hopeless(src(2)));
+        waiters.push(queue(&a, src(2)).await);
+        // Source 1's third: behind its own two and source 2's one → 3 ahead: hopeless.
+        assert!(a.shed_hopeless(src(1)));
+        // Source 2's second: behind its own one and two turns of source 1 → 3 ahead: hopeless.
+        assert!(a.shed_hopeless(src(2)));
+        // A third source: one turn of each of the two others → 2 ahead: it may queue.
+        assert!(!a.shed_hopeless(src(3)));
+        drop(held);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
     }
 
     #[test]

@@ -203,6 +203,13 @@ pub trait SessionSource: Send + Sync + 'static {
     fn known_would_wait(&self) -> bool {
         false
     }
+
+    /// Sheds (and counts) a lookup of a credential the cache does not know, from `source`,
+    /// that could only wait out the admission queue: the cache then answers `Overloaded`
+    /// without starting anything for it. False: go ahead.
+    fn shed_first(&self, _source: Option<std::net::IpAddr>) -> bool {
+        false
+    }
 }
 
 /// Turns a whoami session JSON into a [`Session`], applying the configured claim and header

@@ -274,4 +274,8 @@ impl SessionSource for WhoamiClient {
     fn known_would_wait(&self) -> bool {
         self.admission.known_would_wait()
     }
+
+    fn shed_first(&self, source: Option<std::net::IpAddr>) -> bool {
+        self.admission.shed_hopeless(SourceKey::of(source))
+    }
 }

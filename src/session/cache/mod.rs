@@ -310,6 +310,15 @@ impl SessionCache {
         } else {
             Lane::First
         };
+        // A flood of unknown credentials: shed the hopeless ones before spending a task, a
+        // flight and a queue slot on each (joining a call already in flight costs nothing).
+        if lane == Lane::First
+            && !lock(&inner.inflight).contains_key(&key)
+            && inner.source.shed_first(cx.source)
+        {
+            inner.metrics.cache_lookup("miss");
+            return Err(UpstreamError::Overloaded);
+        }
         let (fetch, leader) = self.start_fetch(key, credential, cx, fresh_since, lane);
         let result = fetch.await;
         inner
@@ -569,6 +578,8 @@ mod tests {
         /// Lanes of the lookups, in order.
         lanes: Mutex<Vec<Lane>>,
         saturated: std::sync::atomic::AtomicBool,
+        /// `shed_first` answer.
+        backlogged: std::sync::atomic::AtomicBool,
     }
 
     impl Fake {
@@ -592,6 +603,10 @@ mod tests {
 
         fn known_would_wait(&self) -> bool {
             self.saturated.load(Ordering::SeqCst)
+        }
+
+        fn shed_first(&self, _: Option<std::net::IpAddr>) -> bool {
+            self.backlogged.load(Ordering::SeqCst)
         }
     }
 
@@ -631,6 +646,7 @@ mod tests {
             answer: Mutex::new(Box::new(|| active(3600))),
             lanes: Mutex::default(),
             saturated: Default::default(),
+            backlogged: Default::default(),
         });
         let c = SessionCache::new(
             &config,
@@ -908,6 +924,43 @@ mod tests {
             assert!(get(&c, "a").await.is_err());
             // 429 is not an error stale_if_error covers.
         }
+    }
+
+    #[tokio::test]
+    async fn a_backlogged_source_sheds_new_credentials_before_any_work_but_not_known_ones() {
+        let config = CacheConfig {
+            ttl: Duration::from_millis(40),
+            refresh_after: Duration::from_millis(40),
+            stale_while_overloaded: Duration::from_secs(30),
+            ..CacheConfig::default()
+        };
+        let (c, fake) = setup(config, 30);
+        get(&c, "known").await.unwrap();
+        // A lookup in flight for "slow" when the backlog builds up: a second caller joins it.
+        let slow = tokio::spawn({
+            let c = c.clone();
+            async move { get(&c, "slow").await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        fake.backlogged.store(true, Ordering::SeqCst);
+        assert!(
+            is_active(&get(&c, "slow").await),
+            "joined the call in flight"
+        );
+        assert!(is_active(&slow.await.unwrap()));
+        assert_eq!(fake.calls(), 2);
+        // A new credential is shed at once: no call, no flight left behind.
+        assert!(matches!(
+            get(&c, "new").await,
+            Err(UpstreamError::Overloaded)
+        ));
+        assert_eq!(fake.calls(), 2);
+        assert!(lock(&c.inner.inflight).is_empty());
+        // A known session past its TTL still revalidates (through its own lane).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(is_active(&get(&c, "known").await));
+        assert_eq!(fake.calls(), 3);
+        assert_eq!(*fake.lanes.lock().unwrap().last().unwrap(), Lane::Known);
     }
 
     #[tokio::test]

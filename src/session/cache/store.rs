@@ -343,7 +343,11 @@ mod tests {
         }
         assert!(s.weight() <= 200 * 1000, "{}", s.weight());
         assert!(s.len() <= 200 && s.len() > 10, "{}", s.len());
-        assert_eq!(s.evictions.size.get(), 2000 - s.len(), "every entry not held was evicted");
+        assert_eq!(
+            s.evictions.size.get(),
+            2000 - s.len(),
+            "every entry not held was evicted"
+        );
         assert_eq!(
             s.identity_keys("same").len() as u64,
             s.len(),
