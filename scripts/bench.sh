@@ -46,7 +46,7 @@ log() { echo "bench.sh: $*" >&2; }
 if (( SMOKE )); then
   DUR=1s; WARM=0.3s; LAT_DUR=1s; REAL_COLD=1s; REAL_STEADY=1s; REAL_KEYS=1000
   STAMPEDE=200; MEM_SESSIONS=2000; SPRAY_LEGIT_KEYS=100; OK_IDENTITIES=5; OK_DUR=1s; REPS=1
-  OV_DUR=${OV_DUR:-2s}; OV_WAVE=${OV_WAVE:-1000}; OV_WAVE_S=${OV_WAVE_S:-2}; ALLOC_ROUNDS=${ALLOC_ROUNDS:-1}
+  OV_DUR=${OV_DUR:-2s}; OV_WAVE=${OV_WAVE:-1000}; OV_WAVE_S=${OV_WAVE_S:-2}; ALLOC_ROUNDS=${ALLOC_ROUNDS:-1}; OV_REPS=${OV_REPS:-1}
 else
   DUR=15s; WARM=3s; LAT_DUR=15s; REAL_COLD=20s; REAL_STEADY=40s; REAL_KEYS=10000
   STAMPEDE=1000; MEM_SESSIONS=100000; SPRAY_LEGIT_KEYS=1000; OK_IDENTITIES=100; OK_DUR=15s; REPS=3
@@ -180,7 +180,7 @@ load() {
 # FLOOD_GRPC / FLOOD_HTTP / FLOOD_FK / FLOOD_DUR select another gate (default: the spray's).
 flood() {
   local label=$1; shift
-  "${LOAD_CPU[@]}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
+  "${LOAD_CPU[@]}" nice -n "${FLOOD_NICE:-0}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
     --duration "${FLOOD_DUR:-$SPRAY_DUR}" --dist random --prefix unknown- \
     --metrics "http://127.0.0.1:${FLOOD_HTTP:-$SGP_HTTP}/metrics" \
     --upstream-stats "http://127.0.0.1:${FLOOD_FK:-$FK_SPRAY}/__stats" "$@" >"$OUT/$label.out" 2>&1 &
@@ -374,9 +374,18 @@ stop_pid "$TOKENS_PID"
 # sessions at OV_RATE req/s, each from its own address, for 3 x cache.ttl; calm, then next to a
 # flood of unknown cookies from one address at 1x and 4x their rate. Then a login wave: 20,000
 # new sessions in 10 s against 64 slots, each answer judged against Envoy's 200 ms budget.
+# Measuring (each fixed in stop 21, after finding they, not the gate, made most of the tail):
+# - the generator starts its open-loop clock only once its workers are spawned (before, ~80 ms
+#   went into its first few dozen answers, against the no-op floor server too);
+# - every legit run has a 1 s warm-up, so that the flood (started 0.5 s before) is at its rate;
+# - the flood generator runs at nice 19: it shares the load core with the legit generator, and an
+#   attacker's CPU is not Envoy's (its achieved rate is reported);
+# - calm, 1x and 4x alternate OV_REPS times; the run with the median p99 stands for each, and
+#   every repetition counts for the 503s and the whoami concurrency.
 scenario_overload() {
 local rate=${OV_RATE:-2000} dur=${OV_DUR:-15s} wave=${OV_WAVE:-20000} wave_s=${OV_WAVE_S:-10}
-log "== overload: 200 known sessions at $rate req/s, calm vs floods of unknown cookies at 1x and 4x; login wave of $wave sessions in ${wave_s} s"
+local reps=${OV_REPS:-3}
+log "== overload: 200 known sessions at $rate req/s, calm vs floods of unknown cookies at 1x and 4x ($reps alternations); login wave of $wave sessions in ${wave_s} s"
 fake_kratos fk-ov "$FK_OV" 20ms
 start_sg sg-ov "$SGO_GRPC" "$SGO_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=16 \
   SESSIONGATE_CACHE__TTL=5s SESSIONGATE_CACHE__REFRESH_AFTER=4s
@@ -386,15 +395,22 @@ local legit=(--grpc "http://127.0.0.1:$SGO_GRPC" --connections "$CONNS" --concur
   --metrics "http://127.0.0.1:$SGO_HTTP/metrics" --upstream-stats "http://127.0.0.1:$FK_OV/__stats")
 "${LOAD_CPU[@]}" "$BENCH" load --grpc "http://127.0.0.1:$SGO_GRPC" --concurrency 16 --requests 200 \
   --dist seq --keys 200 --prefix valid-ov- --source per-key >/dev/null
-load ov-calm "${legit[@]}" --duration "$dur"
 local fdur
-fdur=$(python3 -c "import re; m=re.match(r'([0-9.]+)s','$dur'); print(str(float(m.group(1))+1.0)+'s')")
-local x
+fdur=$(python3 -c "import re; m=re.match(r'([0-9.]+)s','$dur'); print(str(float(m.group(1))+2.0)+'s')")
+local x i
+for i in $(seq 1 "$reps"); do
+  load "ov-calm-r$i" "${legit[@]}" --warmup 1s --duration "$dur"
+  for x in 1 4; do
+    FLOOD_NICE=19 FLOOD_GRPC=$SGO_GRPC FLOOD_HTTP=$SGO_HTTP FLOOD_FK=$FK_OV FLOOD_DUR=$fdur \
+      flood "ov-flood-${x}x-r$i" --concurrency 1024 --rate "$(( rate * x ))" --source 203.0.113.66
+    load "ov-legit-${x}x-r$i" "${legit[@]}" --warmup 1s --duration "$dur"
+    flood_done "ov-flood-${x}x-r$i"
+  done
+done
+median_run ov-calm "d['latency_us']['p99']"
 for x in 1 4; do
-  FLOOD_GRPC=$SGO_GRPC FLOOD_HTTP=$SGO_HTTP FLOOD_FK=$FK_OV FLOOD_DUR=$fdur \
-    flood "ov-flood-${x}x" --concurrency 1024 --rate "$(( rate * x ))" --source 203.0.113.66
-  load "ov-legit-${x}x" "${legit[@]}" --duration "$dur"
-  flood_done "ov-flood-${x}x"
+  median_run "ov-legit-${x}x" "d['latency_us']['p99']"
+  median_run "ov-flood-${x}x" "d['rps']"
 done
 stop_pid "$ov_pid"
 start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
@@ -698,14 +714,21 @@ if calm and underl:
 # overload isolation: known users next to floods at 1x and 4x, and a login wave
 def legit_503(name):
     return sum(v for k, v in (r(name, "statuses", default={}) or {}).items() if k != "ok")
+def reps_of(label):
+    return sorted(n for n in runs if n.startswith(label + "-r") and n[len(label) + 2:].isdigit())
 ovcalm = r("ov-calm", "latency_us", "p99")
 for x in ("1x", "4x"):
     under = r(f"ov-legit-{x}", "latency_us", "p99")
     if ovcalm and under:
-        row("overload", f"flood {x}: known users not allowed (of {r(f'ov-legit-{x}','requests')})", legit_503(f"ov-legit-{x}"), 0, None, "0", legit_503(f"ov-legit-{x}") == 0)
-        row("overload", f"flood {x}: legit p99 µs vs calm", round(under), round(ovcalm), round(under / ovcalm, 2), "<= 2x calm", under <= 2 * ovcalm)
-        up = r(f"ov-flood-{x}", "upstream", "max_concurrency")
-        row("overload", f"flood {x}: max whoami in flight (fake Kratos)", up, 16, None, "<= 16", up is not None and up <= 16)
+        legit_runs = reps_of(f"ov-legit-{x}") or [f"ov-legit-{x}"]
+        bad = sum(legit_503(n) for n in legit_runs)
+        total = sum(r(n, "requests", default=0) for n in legit_runs)
+        row("overload", f"flood {x}: known users not allowed (of {total}, {len(legit_runs)} runs)", bad, 0, None, "0", bad == 0)
+        row("overload", f"flood {x}: legit p99 µs vs calm (medians of {len(legit_runs)} alternations)", round(under), round(ovcalm), round(under / ovcalm, 2), "<= 2x calm", under <= 2 * ovcalm)
+        ups = [r(n, "upstream", "max_concurrency") for n in (reps_of(f"ov-flood-{x}") or [f"ov-flood-{x}"])]
+        up = None if None in ups else max(ups)
+        row("overload", f"flood {x}: max whoami in flight (fake Kratos, every run)", up, 16, None, "<= 16", up is not None and up <= 16)
+        row("overload", f"flood {x}: flood rate achieved, req/s (of {r(f'ov-flood-{x}', 'rate', default=0):.0f} asked)", round(r(f"ov-flood-{x}", "rps", default=0)), None, None, "(reported)", None)
 if r("ov-wave", "requests"):
     bad = legit_503("ov-wave") + (r("ov-wave", "over_budget", default=0) or 0)
     row("overload", f"login wave: {r('ov-wave','requests')} new sessions, 503s + answers over 200 ms", bad, 0, None, "0", bad == 0)

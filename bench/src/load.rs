@@ -541,7 +541,16 @@ pub async fn load(args: LoadArgs) -> Result<()> {
     } else {
         (None, None)
     };
-    let t0 = Instant::now();
+    // Open loop: the clock starts once the workers are spawned and parked on the pacer. Started
+    // at once, the first few dozen requests' intended times passed while 512 workers were still
+    // being spawned, which put ~80 ms into their latency (measured against the no-op floor server:
+    // p99.9 75 ms without this, 3 ms with it).
+    let t0 = Instant::now()
+        + if open_loop {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
     let record_from = t0 + warmup;
     let slots = open_loop.then(|| Arc::new(tokio::sync::Semaphore::new(0)));
     let sh = Arc::new(Shared {
@@ -570,6 +579,7 @@ pub async fn load(args: LoadArgs) -> Result<()> {
     let pacer = slots.map(|slots| {
         let limit = args.requests;
         std::thread::spawn(move || {
+            std::thread::sleep(t0.saturating_duration_since(Instant::now()));
             let mut released: u64 = 0;
             loop {
                 let elapsed = t0.elapsed();
