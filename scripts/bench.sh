@@ -74,6 +74,7 @@ SGT_GRPC=$((P + 111)); SGT_HTTP=$((P + 112))      # 1,000 route rules
 SGA_GRPC=$((P + 121)); SGA_HTTP=$((P + 122))      # credential kinds (session, jwt, oauth2)
 SGO_GRPC=$((P + 131)); SGO_HTTP=$((P + 132))      # overload: floods
 SGW_GRPC=$((P + 141)); SGW_HTTP=$((P + 142))      # overload: login wave
+FLOOR_OV=$((P + 143))                             # overload: the no-op floor under the same flood
 FK_OV=$((P + 64))
 
 # ---------------------------------------------------------------- build
@@ -180,10 +181,14 @@ load() {
 # FLOOD_GRPC / FLOOD_HTTP / FLOOD_FK / FLOOD_DUR select another gate (default: the spray's).
 flood() {
   local label=$1; shift
+  local side=()
+  # FLOOD_SIDE=0: a target without /metrics or a fake Kratos (the no-op floor server).
+  if [[ "${FLOOD_SIDE:-1}" == 1 ]]; then
+    side=(--metrics "http://127.0.0.1:${FLOOD_HTTP:-$SGP_HTTP}/metrics"
+      --upstream-stats "http://127.0.0.1:${FLOOD_FK:-$FK_SPRAY}/__stats")
+  fi
   "${LOAD_CPU[@]}" nice -n "${FLOOD_NICE:-0}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
-    --duration "${FLOOD_DUR:-$SPRAY_DUR}" --dist random --prefix unknown- \
-    --metrics "http://127.0.0.1:${FLOOD_HTTP:-$SGP_HTTP}/metrics" \
-    --upstream-stats "http://127.0.0.1:${FLOOD_FK:-$FK_SPRAY}/__stats" "$@" >"$OUT/$label.out" 2>&1 &
+    --duration "${FLOOD_DUR:-$SPRAY_DUR}" --dist random --prefix unknown- "${side[@]}" "$@" >"$OUT/$label.out" 2>&1 &
   FLOOD_PID=$!
   PIDS+=("$FLOOD_PID")
   sleep 0.5
@@ -413,6 +418,23 @@ for x in 1 4; do
   median_run "ov-flood-${x}x" "d['rps']"
 done
 stop_pid "$ov_pid"
+# The same calm and 4x flood against the no-op floor server on the server core: what answering
+# five times the requests on one core costs the known users' tail with no gate at all.
+bg floor-ov SERVER_CPU "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_OV"
+local fov_pid=$LAST_PID
+wait_tcp "$FLOOR_OV"
+local flegit=(--grpc "http://127.0.0.1:$FLOOR_OV" --connections "$CONNS" --concurrency 512 --rate "$rate"
+  --dist uniform --keys 200 --prefix valid-ov- --source per-key)
+for i in $(seq 1 "$reps"); do
+  load "ov-floor-calm-r$i" "${flegit[@]}" --warmup 1s --duration "$dur"
+  FLOOD_SIDE=0 FLOOD_NICE=19 FLOOD_GRPC=$FLOOR_OV FLOOD_DUR=$fdur \
+    flood "ov-floor-flood-4x-r$i" --concurrency 1024 --rate "$(( rate * 4 ))" --source 203.0.113.66
+  load "ov-floor-4x-r$i" "${flegit[@]}" --warmup 1s --duration "$dur"
+  flood_done "ov-floor-flood-4x-r$i"
+done
+median_run ov-floor-calm "d['latency_us']['p99']"
+median_run ov-floor-4x "d['latency_us']['p99']"
+stop_pid "$fov_pid"
 start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
 local wave_pid=$LAST_PID
 load ov-wave --grpc "http://127.0.0.1:$SGW_GRPC" --connections "$CONNS" --concurrency 1024 \
@@ -514,7 +536,7 @@ if [[ "${BENCH_ONLY:-}" == overload ]]; then
   stop_pid "$SG_PID"; stop_pid "$FLOOR_PID"
   scenario_overload
   echo "floor ratio: $(python3 -c "import json; a=json.load(open('$OUT/sg-hit.json')); b=json.load(open('$OUT/floor.json')); print(round(a['rps']/b['rps'],3))")"
-  for l in ov-calm ov-legit-1x ov-legit-4x ov-flood-1x ov-flood-4x ov-wave; do
+  for l in ov-calm ov-legit-1x ov-legit-4x ov-flood-1x ov-flood-4x ov-floor-calm ov-floor-4x ov-wave; do
     echo "$l: $(jget "$l" "round(d['rps'])") req/s, statuses $(jget "$l" "d['statuses']"), p99 $(jget "$l" "round(d['latency_us']['p99'])") µs, over 200ms $(jget "$l" "d.get('over_budget')"), upstream max in flight $(jget "$l" "d.get('upstream',{}).get('max_concurrency')")"
   done
   exit 0
@@ -729,6 +751,9 @@ for x in ("1x", "4x"):
         up = None if None in ups else max(ups)
         row("overload", f"flood {x}: max whoami in flight (fake Kratos, every run)", up, 16, None, "<= 16", up is not None and up <= 16)
         row("overload", f"flood {x}: flood rate achieved, req/s (of {r(f'ov-flood-{x}', 'rate', default=0):.0f} asked)", round(r(f"ov-flood-{x}", "rps", default=0)), None, None, "(reported)", None)
+fcalm, f4 = r("ov-floor-calm", "latency_us", "p99"), r("ov-floor-4x", "latency_us", "p99")
+if fcalm and f4:
+    row("overload", "flood 4x against the no-op floor server: its legit p99 µs vs its calm (baseline, no gate)", round(f4), round(fcalm), round(f4 / fcalm, 2), "(baseline)", None)
 if r("ov-wave", "requests"):
     bad = legit_503("ov-wave") + (r("ov-wave", "over_budget", default=0) or 0)
     row("overload", f"login wave: {r('ov-wave','requests')} new sessions, 503s + answers over 200 ms", bad, 0, None, "0", bad == 0)
