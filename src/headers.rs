@@ -25,6 +25,13 @@ impl Headers {
         self.entries.push((name, value.into()));
     }
 
+    /// Adds a header it takes ownership of (no copy when the name is already lower-case).
+    pub fn append_owned(&mut self, mut name: String, value: String) {
+        name.make_ascii_lowercase();
+        self.entries
+            .push((name.into_boxed_str(), value.into_boxed_str()));
+    }
+
     /// The first value of `name` (lower-case).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.entries

@@ -290,7 +290,7 @@ proptest! {
     fn to_request_never_panics_on_decoded_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         use prost::Message;
         if let Ok(req) = CheckRequest::decode(&bytes[..]) {
-            let _ = sessiongate::grpc::to_request(&req);
+            let _ = sessiongate::grpc::to_request(req);
         }
     }
 
@@ -326,7 +326,7 @@ proptest! {
         } else {
             http.headers = all.into_iter().collect();
         }
-        let r = sessiongate::grpc::to_request(&check(http, ext)).expect("an HTTP check maps");
+        let r = sessiongate::grpc::to_request(check(http, ext)).expect("an HTTP check maps");
         let want_path = field_path.filter(|p| !p.is_empty()).unwrap_or(path);
         prop_assert_eq!(&r.path, &want_path);
         let want_host = field_host.filter(|h| !h.is_empty()).unwrap_or(authority);
@@ -577,7 +577,7 @@ proptest! {
                 prop_assert!(!v.contains(&rest), "{k}: {v}");
             }
             // Over gRPC the same denial carries the same body and headers.
-            let resp = sessiongate::grpc::to_response(&decision);
+            let resp = sessiongate::grpc::to_response(decision.clone());
             let text = format!("{resp:?}");
             prop_assert!(!text.contains(&rest), "{text}");
         }

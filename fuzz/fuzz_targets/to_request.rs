@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(check) = CheckRequest::decode(data) else {
         return;
     };
-    let Some(req) = sessiongate::grpc::to_request(&check) else {
+    let Some(req) = sessiongate::grpc::to_request(check.clone()) else {
         return;
     };
     let http = check

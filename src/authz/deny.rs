@@ -49,24 +49,39 @@ pub(super) fn prefers_html(accept: Option<&str>) -> bool {
     }
 }
 
+/// `{"error":{"code","id","message","status"}[,"redirect_browser_to"]}`: serialised straight from borrowed
+/// fields (no `serde_json::Value` tree: this runs for every denial, floods included), keys in
+/// the order `serde_json::json!` gave them.
 fn json_body(
     status: u16,
     status_text: &str,
     id: &str,
     message: &str,
-    extra: Option<(&str, &str)>,
+    redirect_browser_to: Option<&str>,
 ) -> String {
-    let mut error = serde_json::json!({
-        "code": status,
-        "status": status_text,
-        "id": id,
-        "message": message,
-    });
-    let mut body = serde_json::json!({ "error": error.take() });
-    if let Some((k, v)) = extra {
-        body[k] = serde_json::Value::from(v);
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        code: u16,
+        id: &'a str,
+        message: &'a str,
+        status: &'a str,
     }
-    body.to_string()
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Error<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redirect_browser_to: Option<&'a str>,
+    }
+    serde_json::to_string(&Body {
+        error: Error {
+            code: status,
+            id,
+            message,
+            status: status_text,
+        },
+        redirect_browser_to,
+    })
+    .unwrap_or_default()
 }
 
 fn json_headers() -> Vec<(&'static str, String)> {
@@ -184,13 +199,7 @@ impl DenyShaper {
         Deny {
             status: 403,
             headers: json_headers(),
-            body: json_body(
-                403,
-                "Forbidden",
-                id,
-                message,
-                Some(("redirect_browser_to", &target)),
-            ),
+            body: json_body(403, "Forbidden", id, message, Some(&target)),
             reason,
         }
     }
@@ -340,6 +349,42 @@ impl DenyShaper {
 mod tests {
     use super::*;
     use crate::authz::{Headers, RouteSettings};
+
+    /// The typed serialiser writes exactly what the `serde_json::Value` tree it replaced wrote
+    /// (same keys, order and escaping), so clients parsing the bodies see no change.
+    #[test]
+    fn json_bodies_are_byte_identical_to_the_value_tree() {
+        let tricky = "quote \" backslash \\ newline \n tab \t nul \u{0} é ✓ </script>";
+        for (status, text, id, message, redirect) in [
+            (
+                503,
+                "Service Unavailable",
+                "session_service_unavailable",
+                "x",
+                None,
+            ),
+            (401, "Unauthorized", tricky, tricky, None),
+            (
+                403,
+                "Forbidden",
+                "session_aal2_required",
+                "step up",
+                Some("https://a/b?c=\"d\""),
+            ),
+            (400, "Bad Request", "bad_request", "", Some(tricky)),
+        ] {
+            let mut body = serde_json::json!({ "error": {
+                "code": status, "status": text, "id": id, "message": message,
+            }});
+            if let Some(r) = redirect {
+                body["redirect_browser_to"] = serde_json::Value::from(r);
+            }
+            assert_eq!(
+                json_body(status, text, id, message, redirect),
+                body.to_string()
+            );
+        }
+    }
 
     fn req(accept: Option<&str>) -> Request {
         let mut headers = Headers::default();

@@ -49,56 +49,10 @@ impl ExtAuthz {
     }
 }
 
-/// Translates Envoy's `CheckRequest` into the domain request.
-pub fn to_request(check: &CheckRequest) -> Option<Request> {
-    let attributes = check.attributes.as_ref()?;
-    let http = attributes.request.as_ref()?.http.as_ref()?;
-    let mut headers;
-    if !http.headers.is_empty() {
-        headers = Headers::with_capacity(http.headers.len());
-        for (k, v) in &http.headers {
-            headers.append(k, v);
-        }
-    } else {
-        // `encode_raw_headers: true`: values arrive as bytes in `header_map` only.
-        let raw = http
-            .header_map
-            .as_ref()
-            .map(|m| m.headers.as_slice())
-            .unwrap_or_default();
-        headers = Headers::with_capacity(raw.len());
-        for h in raw {
-            if !h.raw_value.is_empty() {
-                headers.append(&h.key, &String::from_utf8_lossy(&h.raw_value));
-            } else {
-                headers.append(&h.key, &h.value);
-            }
-        }
-    }
-    let pick = |field: &str, header: &str| {
-        if field.is_empty() {
-            headers.get(header).unwrap_or_default().to_owned()
-        } else {
-            field.to_owned()
-        }
-    };
-    let method = pick(&http.method, ":method");
-    let path = pick(&http.path, ":path");
-    let mut host = pick(&http.host, ":authority");
-    if host.is_empty() {
-        host = headers.get("host").unwrap_or_default().to_owned();
-    }
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .map(|s| crate::headers::first_list_value(s).to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| pick(&http.scheme, ":scheme"));
-    let route = RouteSettings::parse(
-        attributes
-            .context_extensions
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+/// Translates Envoy's `CheckRequest` into the domain request. Takes the request by value: its
+/// strings move into the domain request instead of being copied (this runs for every check).
+pub fn to_request(check: CheckRequest) -> Option<Request> {
+    let attributes = check.attributes?;
     // Envoy's downstream peer (after its own `use_remote_address` / `xff_num_trusted_hops`).
     let source = attributes
         .source
@@ -110,6 +64,51 @@ pub fn to_request(check: &CheckRequest) -> Option<Request> {
             }
             _ => None,
         });
+    let route = RouteSettings::parse(
+        attributes
+            .context_extensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let http = attributes.request?.http?;
+    let mut headers;
+    if !http.headers.is_empty() {
+        headers = Headers::with_capacity(http.headers.len());
+        for (k, v) in http.headers {
+            headers.append_owned(k, v);
+        }
+    } else {
+        // `encode_raw_headers: true`: values arrive as bytes in `header_map` only.
+        let raw = http.header_map.map(|m| m.headers).unwrap_or_default();
+        headers = Headers::with_capacity(raw.len());
+        for h in raw {
+            let value = if !h.raw_value.is_empty() {
+                String::from_utf8(h.raw_value)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            } else {
+                h.value
+            };
+            headers.append_owned(h.key, value);
+        }
+    }
+    let pick = |field: String, header: &str| {
+        if field.is_empty() {
+            headers.get(header).unwrap_or_default().to_owned()
+        } else {
+            field
+        }
+    };
+    let method = pick(http.method, ":method");
+    let path = pick(http.path, ":path");
+    let mut host = pick(http.host, ":authority");
+    if host.is_empty() {
+        host = headers.get("host").unwrap_or_default().to_owned();
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .map(|s| crate::headers::first_list_value(s).to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| pick(http.scheme, ":scheme"));
     Some(Request {
         method,
         scheme,
@@ -121,11 +120,11 @@ pub fn to_request(check: &CheckRequest) -> Option<Request> {
     })
 }
 
-fn header(key: &str, value: &str) -> HeaderValueOption {
+fn header(key: &str, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
-            value: value.to_owned(),
+            value,
             ..Default::default()
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -160,8 +159,9 @@ fn dynamic_metadata(
     })
 }
 
-/// Translates a decision into Envoy's `CheckResponse`.
-pub fn to_response(decision: &Decision) -> CheckResponse {
+/// Translates a decision into Envoy's `CheckResponse` (consuming it: a denial's body and header
+/// values move into the response instead of being copied).
+pub fn to_response(decision: Decision) -> CheckResponse {
     match decision {
         Decision::Allow(allow) => CheckResponse {
             status: Some(rpc::Status {
@@ -170,7 +170,11 @@ pub fn to_response(decision: &Decision) -> CheckResponse {
             }),
             dynamic_metadata: dynamic_metadata(&allow.metadata),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: allow.set.iter().map(|(k, v)| header(k, v)).collect(),
+                headers: allow
+                    .set
+                    .iter()
+                    .map(|(k, v)| header(k, v.to_string()))
+                    .collect(),
                 headers_to_remove: allow.remove.iter().map(|h| h.to_string()).collect(),
                 ..Default::default()
             })),
@@ -189,8 +193,12 @@ pub fn to_response(decision: &Decision) -> CheckResponse {
                 status: Some(HttpStatus {
                     code: i32::from(deny.status),
                 }),
-                headers: deny.headers.iter().map(|(k, v)| header(k, v)).collect(),
-                body: deny.body.clone(),
+                headers: deny
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| header(k, v))
+                    .collect(),
+                body: deny.body,
             })),
             ..Default::default()
         },
@@ -204,13 +212,13 @@ impl Authorization for ExtAuthz {
         request: tonic::Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
-        let Some(req) = to_request(&check) else {
+        let Some(req) = to_request(check) else {
             // Not an HTTP check: deny rather than return an RPC error, which Envoy's
             // failure_mode_allow could turn into an allow.
             let deny = self
                 .authorizer
                 .bad_request("CheckRequest has no attributes.request.http");
-            return Ok(Response::new(to_response(&deny)));
+            return Ok(Response::new(to_response(deny)));
         };
         let decision = if self.trace_spans {
             let span = crate::telemetry::check_span("grpc", &req.method, &req.headers);
@@ -224,7 +232,7 @@ impl Authorization for ExtAuthz {
         {
             return Err(Status::unavailable("session service unavailable"));
         }
-        Ok(Response::new(to_response(&decision)))
+        Ok(Response::new(to_response(decision)))
     }
 }
 
@@ -268,7 +276,7 @@ mod tests {
             .collect(),
             ..Default::default()
         };
-        let r = to_request(&check(http, &[("audience", "api")])).unwrap();
+        let r = to_request(check(http, &[("audience", "api")])).unwrap();
         assert_eq!(r.host, "app.example.com");
         assert_eq!(r.path, "/a?b=c");
         assert_eq!(r.scheme, "https");
@@ -295,7 +303,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let r = to_request(&check(http, &[])).unwrap();
+        let r = to_request(check(http, &[])).unwrap();
         assert_eq!(r.path, "/p");
         assert!(
             r.headers
@@ -306,7 +314,30 @@ mod tests {
     }
 
     #[test]
+    fn header_names_are_lower_cased_in_both_encodings() {
+        let map = HttpRequest {
+            headers: [("X-Session-Token".to_string(), "t".to_string())].into(),
+            ..Default::default()
+        };
+        let raw = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![HeaderValue {
+                    key: "X-Session-Token".into(),
+                    value: "t".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        for http in [map, raw] {
+            let r = to_request(check(http, &[])).unwrap();
+            assert_eq!(r.headers.get("x-session-token"), Some("t"));
+            assert_eq!(r.headers.get("X-Session-Token"), None);
+        }
+    }
+
+    #[test]
     fn missing_http_attributes_is_none() {
-        assert!(to_request(&CheckRequest::default()).is_none());
+        assert!(to_request(CheckRequest::default()).is_none());
     }
 }

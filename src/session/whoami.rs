@@ -19,7 +19,8 @@ use crate::telemetry::{Metrics, StatusLabel};
 /// Calls Kratos' whoami endpoint.
 pub struct WhoamiClient {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: not on every call.
+    url: reqwest::Url,
     timeout: Duration,
     max_body_bytes: usize,
     admission: Arc<Admission>,
@@ -31,7 +32,7 @@ pub struct WhoamiClient {
 impl std::fmt::Debug for WhoamiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WhoamiClient")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +56,11 @@ impl WhoamiClient {
             .build()?;
         Ok(WhoamiClient {
             client,
-            url: format!("{}/sessions/whoami", config.base_url.trim_end_matches('/')),
+            url: reqwest::Url::parse(&format!(
+                "{}/sessions/whoami",
+                config.base_url.trim_end_matches('/')
+            ))
+            .map_err(|e| anyhow::anyhow!("whoami.base_url: {e}"))?,
             timeout: config.timeout,
             max_body_bytes: config.max_body_bytes,
             admission: Admission::new(
@@ -112,7 +117,7 @@ impl WhoamiClient {
     ) -> (&'static str, Result<Answer, UpstreamError>) {
         let mut req = self
             .client
-            .get(&self.url)
+            .get(self.url.clone())
             .header(http::header::ACCEPT, "application/json");
         req = match credential.kind {
             CredentialKind::Cookie => {
