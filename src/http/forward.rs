@@ -188,11 +188,12 @@ pub async fn check(
             allow.set.push(("cookie".into(), cookies.join("; ").into()));
         }
     }
-    to_response(&decision, redirect_as_401)
+    to_response(decision, redirect_as_401)
 }
 
-/// Translates a decision into the forward-auth response.
-pub fn to_response(decision: &Decision, redirect_as_401: bool) -> Response {
+/// Translates a decision into the forward-auth response (consuming it: a denial's body and header
+/// values move into the response).
+pub fn to_response(decision: Decision, redirect_as_401: bool) -> Response {
     match decision {
         Decision::Allow(allow) => {
             let mut resp = Response::new(Body::empty());
@@ -229,11 +230,11 @@ pub fn to_response(decision: &Decision, redirect_as_401: bool) -> Response {
                 // Location and let `error_page 401` follow it.
                 status = StatusCode::UNAUTHORIZED;
             }
-            let mut resp = (status, deny.body.clone()).into_response();
+            let mut resp = (status, deny.body).into_response();
             let h = resp.headers_mut();
-            for (k, v) in &deny.headers {
-                if let Ok(v) = HeaderValue::try_from(v.as_str()) {
-                    h.insert(*k, v);
+            for (k, v) in deny.headers {
+                if let Ok(v) = HeaderValue::try_from(v) {
+                    h.insert(k, v);
                 }
             }
             resp
@@ -378,7 +379,7 @@ mod tests {
             reason: Reason::Authenticated,
             metadata: vec![],
         });
-        let r = to_response(&allow, false);
+        let r = to_response(allow, false);
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["authorization"], "Bearer x");
         assert_eq!(r.headers()["x-user-id"], "");
@@ -392,8 +393,8 @@ mod tests {
             body: String::new(),
             reason: Reason::NoCredential,
         });
-        assert_eq!(to_response(&deny, false).status(), 303);
-        let r = to_response(&deny, true);
+        assert_eq!(to_response(deny.clone(), false).status(), 303);
+        let r = to_response(deny, true);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["location"], "https://login");
     }
