@@ -17,15 +17,10 @@ impl Headers {
 
     /// Adds a header; the name is lower-cased.
     pub fn append(&mut self, name: &str, value: &str) {
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            name.to_ascii_lowercase().into_boxed_str()
-        } else {
-            name.into()
-        };
-        self.entries.push((name, value.into()));
+        self.append_owned(name.to_owned(), value.to_owned());
     }
 
-    /// Adds a header it takes ownership of (no copy when the name is already lower-case).
+    /// Adds a header it takes ownership of (no copy); the name is lower-cased in place.
     pub fn append_owned(&mut self, mut name: String, value: String) {
         name.make_ascii_lowercase();
         self.entries

@@ -49,9 +49,9 @@ pub(super) fn prefers_html(accept: Option<&str>) -> bool {
     }
 }
 
-/// `{"error":{"code","id","message","status"}[,"redirect_browser_to"]}`: serialised straight from borrowed
-/// fields (no `serde_json::Value` tree: this runs for every denial, floods included), keys in
-/// the order `serde_json::json!` gave them.
+/// `{"error":{"code","id","message","status"}[,"redirect_browser_to"]}`, serialised straight
+/// from borrowed fields (no `serde_json::Value` tree: this runs for every denial, floods
+/// included), keys in the order `serde_json::json!` gave them.
 fn json_body(
     status: u16,
     status_text: &str,
