@@ -13,6 +13,9 @@
 # Prints a table and writes target/bench/results.json (+ one JSON per load run in target/bench/).
 # Everything listens on 127.0.0.1. With >= 2 CPUs and `taskset`, the server under test runs on
 # CPU 0 and everything else (load generator, fake Kratos, counting proxies, real Kratos) on CPU 1.
+# With >= 3 CPUs the floods' generator gets CPU 2, with >= 4 the fake Kratos gets CPU 3: on two
+# cores the measuring generator shares its core with both (see the overload scenario's
+# load-core baseline for what that costs the figures).
 #
 # Env: BENCH_SESSIONGATE_BIN   sessiongate binary to measure (default target/release/sessiongate)
 #      BENCH_OATHKEEPER        auto (default: run when Go is available; smoke: only when Kratos and
@@ -75,6 +78,7 @@ SGA_GRPC=$((P + 121)); SGA_HTTP=$((P + 122))      # credential kinds (session, j
 SGO_GRPC=$((P + 131)); SGO_HTTP=$((P + 132))      # overload: floods
 SGW_GRPC=$((P + 141)); SGW_HTTP=$((P + 142))      # overload: login wave
 FLOOR_OV=$((P + 143))                             # overload: the no-op floor under the same flood
+FLOOR_SINK=$((P + 144))                           # overload: a no-op sink for the flood on its own core
 FK_OV=$((P + 64))
 
 # ---------------------------------------------------------------- build
@@ -87,10 +91,16 @@ BENCH="$RELEASE_DIR/sessiongate-bench"
 [[ -x "$SG_BIN" ]] || { log "$SG_BIN not executable"; exit 1; }
 
 # ---------------------------------------------------------------- pinning
-SERVER_CPU=(); LOAD_CPU=(); PINNING="none"
+SERVER_CPU=(); LOAD_CPU=(); FLOOD_CPU=(); KRATOS_CPU=(); PINNING="none"
 if [[ "${BENCH_NO_PIN:-0}" != 1 ]] && command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
-  SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
+  SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); FLOOD_CPU=(taskset -c 1); KRATOS_CPU=(taskset -c 1)
   PINNING="server under test on CPU 0; load generator, fake/real Kratos and proxies on CPU 1"
+  if (( $(nproc) >= 3 )); then
+    FLOOD_CPU=(taskset -c 2); PINNING="$PINNING; floods' generator on CPU 2"
+  fi
+  if (( $(nproc) >= 4 )); then
+    KRATOS_CPU=(taskset -c 3); PINNING="$PINNING; fake Kratos on CPU 3"
+  fi
 fi
 log "pinning: $PINNING"
 
@@ -147,7 +157,7 @@ bg() {
 }
 
 fake_kratos() { # NAME PORT LATENCY
-  bg "$1" LOAD_CPU "$BENCH" fake-kratos --listen "127.0.0.1:$2" --latency "$3"
+  bg "$1" KRATOS_CPU "$BENCH" fake-kratos --listen "127.0.0.1:$2" --latency "$3"
   wait_url "http://127.0.0.1:$2/health/ready"
 }
 
@@ -187,7 +197,7 @@ flood() {
     side=(--metrics "http://127.0.0.1:${FLOOD_HTTP:-$SGP_HTTP}/metrics"
       --upstream-stats "http://127.0.0.1:${FLOOD_FK:-$FK_SPRAY}/__stats")
   fi
-  "${LOAD_CPU[@]}" nice -n "${FLOOD_NICE:-0}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
+  "${FLOOD_CPU[@]}" nice -n "${FLOOD_NICE:-0}" "$BENCH" load --label "$label" --json --grpc "http://127.0.0.1:${FLOOD_GRPC:-$SGP_GRPC}" --connections 2 \
     --duration "${FLOOD_DUR:-$SPRAY_DUR}" --dist random --prefix unknown- "${side[@]}" "$@" >"$OUT/$label.out" 2>&1 &
   FLOOD_PID=$!
   PIDS+=("$FLOOD_PID")
@@ -418,11 +428,19 @@ for x in 1 4; do
   median_run "ov-flood-${x}x" "d['rps']"
 done
 stop_pid "$ov_pid"
-# The same calm and 4x flood against the no-op floor server on the server core: what answering
-# five times the requests on one core costs the known users' tail with no gate at all.
+# Two baselines with no gate at all, alternating with a calm run of their own:
+# - the same 4x flood against the no-op floor server on the server core: what answering five
+#   times the requests on one core costs the known users' tail;
+# - the load core's share: the 4x flood sent to a second no-op server (the sink, nice 19 like the
+#   flood's generator) on the floods' core, so that the server the known users talk to never sees
+#   it. On a two-core machine the measuring generator shares its core with the flood's generator:
+#   whatever its p99 gains here is the instrument's own, not any server's.
 bg floor-ov SERVER_CPU "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_OV"
 local fov_pid=$LAST_PID
 wait_tcp "$FLOOR_OV"
+bg floor-sink FLOOD_CPU nice -n 19 "$BENCH" floor-server --listen "127.0.0.1:$FLOOR_SINK"
+local sink_pid=$LAST_PID
+wait_tcp "$FLOOR_SINK"
 local flegit=(--grpc "http://127.0.0.1:$FLOOR_OV" --connections "$CONNS" --concurrency 512 --rate "$rate"
   --dist uniform --keys 200 --prefix valid-ov- --source per-key)
 for i in $(seq 1 "$reps"); do
@@ -431,9 +449,16 @@ for i in $(seq 1 "$reps"); do
     flood "ov-floor-flood-4x-r$i" --concurrency 1024 --rate "$(( rate * 4 ))" --source 203.0.113.66
   load "ov-floor-4x-r$i" "${flegit[@]}" --warmup 1s --duration "$dur"
   flood_done "ov-floor-flood-4x-r$i"
+  FLOOD_SIDE=0 FLOOD_NICE=19 FLOOD_GRPC=$FLOOR_SINK FLOOD_DUR=$fdur \
+    flood "ov-sink-flood-4x-r$i" --concurrency 1024 --rate "$(( rate * 4 ))" --source 203.0.113.66
+  load "ov-loadcore-4x-r$i" "${flegit[@]}" --warmup 1s --duration "$dur"
+  flood_done "ov-sink-flood-4x-r$i"
 done
 median_run ov-floor-calm "d['latency_us']['p99']"
 median_run ov-floor-4x "d['latency_us']['p99']"
+median_run ov-loadcore-4x "d['latency_us']['p99']"
+median_run ov-sink-flood-4x "d['rps']"
+stop_pid "$sink_pid"
 stop_pid "$fov_pid"
 start_sg sg-wave "$SGW_GRPC" "$SGW_HTTP" "http://127.0.0.1:$FK_OV" SESSIONGATE_WHOAMI__MAX_CONCURRENCY=64
 local wave_pid=$LAST_PID
@@ -536,7 +561,7 @@ if [[ "${BENCH_ONLY:-}" == overload ]]; then
   stop_pid "$SG_PID"; stop_pid "$FLOOR_PID"
   scenario_overload
   echo "floor ratio: $(python3 -c "import json; a=json.load(open('$OUT/sg-hit.json')); b=json.load(open('$OUT/floor.json')); print(round(a['rps']/b['rps'],3))")"
-  for l in ov-calm ov-legit-1x ov-legit-4x ov-flood-1x ov-flood-4x ov-floor-calm ov-floor-4x ov-wave; do
+  for l in ov-calm ov-legit-1x ov-legit-4x ov-flood-1x ov-flood-4x ov-floor-calm ov-floor-4x ov-loadcore-4x ov-sink-flood-4x ov-wave; do
     echo "$l: $(jget "$l" "round(d['rps'])") req/s, statuses $(jget "$l" "d['statuses']"), p99 $(jget "$l" "round(d['latency_us']['p99'])") µs, over 200ms $(jget "$l" "d.get('over_budget')"), upstream max in flight $(jget "$l" "d.get('upstream',{}).get('max_concurrency')")"
   done
   exit 0
@@ -754,6 +779,9 @@ for x in ("1x", "4x"):
 fcalm, f4 = r("ov-floor-calm", "latency_us", "p99"), r("ov-floor-4x", "latency_us", "p99")
 if fcalm and f4:
     row("overload", "flood 4x against the no-op floor server: its legit p99 µs vs its calm (baseline, no gate)", round(f4), round(fcalm), round(f4 / fcalm, 2), "(baseline)", None)
+lc4 = r("ov-loadcore-4x", "latency_us", "p99")
+if fcalm and lc4:
+    row("overload", f"flood 4x sent to a sink on the load core, not to the floor server: legit p99 µs vs the floor's calm (the instrument's own share; flood {r('ov-sink-flood-4x','rps',default=0):.0f} req/s)", round(lc4), round(fcalm), round(lc4 / fcalm, 2), "(baseline)", None)
 if r("ov-wave", "requests"):
     bad = legit_503("ov-wave") + (r("ov-wave", "over_budget", default=0) or 0)
     row("overload", f"login wave: {r('ov-wave','requests')} new sessions, 503s + answers over 200 ms", bad, 0, None, "0", bad == 0)
