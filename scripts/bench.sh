@@ -107,11 +107,15 @@ fi
 log "pinning: $PINNING"
 # The overload scenario's measuring generator runs SCHED_FIFO on its core when it can (root and
 # chrt): a flood's generator on the same core must not delay the instrument's own wake-ups.
-RT_PRIO=()
-if [[ "${BENCH_RT:-1}" == 1 ]] && command -v chrt >/dev/null && chrt -f 1 true 2>/dev/null; then
-  RT_PRIO=(chrt -f 1)
+RT_PRIO=(); RT_WHY="normal (BENCH_RT=0)"
+if [[ "${BENCH_RT:-1}" == 1 ]]; then
+  if command -v chrt >/dev/null && chrt -f 1 true 2>/dev/null; then
+    RT_PRIO=(chrt -f 1); RT_WHY="chrt -f 1"
+  else
+    RT_WHY="normal (chrt -f not permitted: not root?)"
+  fi
 fi
-log "overload instrument priority: ${RT_PRIO[*]:-normal (no chrt -f: not root?)}"
+log "overload instrument priority: $RT_WHY"
 
 # ---------------------------------------------------------------- process bookkeeping
 PIDS=()
@@ -257,7 +261,7 @@ PY
 }
 note pinning "\"$PINNING\""
 note smoke "$SMOKE"
-note overload_instrument_priority "${RT_PRIO[*]:-normal}"
+note overload_instrument_priority "$RT_WHY"
 
 # ================================================================= soak (on demand, alone)
 if (( SOAK )); then
